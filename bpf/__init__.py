@@ -1,0 +1,1 @@
+"""sockmesh bpf package."""

@@ -1,0 +1,1 @@
+"""sockmesh integration package."""

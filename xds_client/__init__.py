@@ -1,0 +1,1 @@
+"""sockmesh xds_client package."""
