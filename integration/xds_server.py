@@ -30,13 +30,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any as AnyType
 
 import grpc
+import yaml
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.discovery.v3.discovery_pb2 import (
@@ -54,8 +57,12 @@ from translator.resources import (
     LISTENER,
     RESOURCE_TYPES,
     ROUTE_CONFIGURATION,
+    ResourceError,
     ResourceSet,
+    parse_config_dump,
+    parse_resource,
     resource_name,
+    type_url_of,
 )
 
 log = logging.getLogger(__name__)
@@ -572,3 +579,137 @@ def _describe(ev: AckEvent) -> str:
 
 def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+# ---------------------------------------------------------------------------------------
+# Config files: a config dump or a directory of resource files, polled for changes
+
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+class ConfigError(ValueError):
+    """A config path that cannot be served; the message names the file and the field."""
+
+
+def config_files(path: Path) -> list[Path]:
+    """The files that make up ``path``: itself, or the directory's resource files by name."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir()
+                      if p.is_file() and p.suffix in CONFIG_SUFFIXES and not p.name.startswith("."))
+    return [path]
+
+
+def config_fingerprint(path: Path) -> str:
+    """A hash of the names and contents of ``path``'s files ("" when unreadable)."""
+    h = hashlib.sha256()
+    try:
+        for p in config_files(path):
+            h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    except OSError:
+        return ""
+    return h.hexdigest()
+
+
+def _decode(p: Path) -> list[AnyType]:
+    """The documents of one JSON or YAML file."""
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read: {exc}") from None
+    try:
+        if p.suffix == ".json":
+            return [json.loads(text)]
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{p}: invalid JSON at line {exc.lineno} column {exc.colno}: "
+                          f"{exc.msg}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: invalid YAML: {' '.join(str(exc).split())}") from None
+
+
+def _resource_objects(doc: AnyType, where: str) -> list[tuple[str, AnyType]]:
+    """(location, object) pairs of a document: one resource, a list, or {"resources": [...]}."""
+    if isinstance(doc, list):
+        return [(f"{where}[{i}]", o) for i, o in enumerate(doc)]
+    if isinstance(doc, dict) and "@type" not in doc and isinstance(doc.get("resources"), list):
+        return [(f"{where} resources[{i}]", o) for i, o in enumerate(doc["resources"])]
+    return [(where, doc)]
+
+
+def load_config(path: Path) -> ResourceSet:
+    """Parse a config dump file or a directory of resource files into a ResourceSet.
+
+    Raises ConfigError naming the file (and, for a bad resource, the resource and field).
+    A name defined twice (in one file or across files) is an error, whoever wins would be
+    an accident of file order.
+    """
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file or directory")
+    files = config_files(path)
+    if path.is_dir() and not files:
+        raise ConfigError(f"{path}: no *.json, *.yaml or *.yml files in the directory")
+    out = ResourceSet()
+    origin: dict[tuple[str, str], str] = {}
+    for p in files:
+        docs = _decode(p)
+        for d, doc in enumerate(docs):
+            where = str(p) if len(docs) == 1 else f"{p} document {d}"
+            try:
+                if isinstance(doc, dict) and "configs" in doc:
+                    part = parse_config_dump(doc, where)
+                    msgs = [(f"{where} {resource_name(m)!r}", m) for _, _, m in part.items()]
+                    out.unknown_extensions |= part.unknown_extensions
+                else:
+                    msgs = [(loc, parse_resource(obj, loc, out.unknown_extensions))
+                            for loc, obj in _resource_objects(doc, where)]
+            except ResourceError as exc:
+                # json_format appends the full list of valid fields; the first line says it all.
+                raise ConfigError(str(exc).splitlines()[0]) from None
+            for loc, msg in msgs:
+                key = (type_url_of(type(msg)), resource_name(msg))
+                if key in origin:
+                    raise ConfigError(f"{loc}: duplicate {type(msg).__name__} name "
+                                      f"{key[1]!r} (first defined in {origin[key]})")
+                origin[key] = loc
+                out.add(msg, loc)
+    return out
+
+
+class ConfigWatcher:
+    """Polls a config path and serves each good version; a broken one keeps the last good."""
+
+    def __init__(self, server: AdsServer, path: Path, interval: float = 0.5) -> None:
+        self.server = server
+        self.path = path
+        self.interval = interval
+        self.fingerprint = ""
+        self.last_error: str | None = None
+
+    def poll(self) -> bool:
+        """Reload when the files changed; True when a new version is now served."""
+        fp = config_fingerprint(self.path)
+        if fp == self.fingerprint:
+            return False
+        self.fingerprint = fp
+        try:
+            resources = load_config(self.path)
+        except ConfigError as exc:
+            self.last_error = str(exc)
+            log.error("config not loaded, still serving version %s: %s", self.server.version, exc)
+            return False
+        self.last_error = None
+        version = self.server.set_resources(resources)
+        log.info("serving version %s from %s: %d listeners, %d route configs, %d clusters, "
+                    "%d endpoint assignments", version, self.path, len(resources.listeners),
+                    len(resources.route_configs), len(resources.clusters),
+                    len(resources.endpoints))
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll every ``interval`` seconds until ``stop`` is set."""
+        while not stop.is_set():
+            self.poll()
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval)
+            except TimeoutError:
+                pass
