@@ -19,7 +19,13 @@ from pathlib import Path
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential,
+    wait_random,
+)
 
 from xds_client.protocol import (
     DEFAULT_DOES_NOT_EXIST_TIMEOUT,
@@ -264,9 +270,9 @@ class XdsClient:
     async def _run(self) -> None:
         while True:
             retrying = AsyncRetrying(
-                wait=wait_exponential_jitter(
-                    initial=self._backoff_initial, max=self._backoff_max,
-                    jitter=self._backoff_initial),
+                # exponential with jitter, so a fleet of agents does not reconnect in step
+                wait=wait_exponential(multiplier=self._backoff_initial, max=self._backoff_max)
+                + wait_random(0, self._backoff_initial),
                 retry=retry_if_exception_type(StreamFailed),
                 before_sleep=self._before_sleep,
             )
