@@ -381,7 +381,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event_added: asyncio.Event | None = None
         self._lock = threading.Lock()
-        self.set_resources(resources or ResourceSet())
+        if resources is None:
+            # Nothing to serve yet: every type empty at version "0" (not a pushed version).
+            self._snapshot = Snapshot("0", {t: TypeSnapshot("0") for t in PUSH_ORDER})
+        else:
+            self.set_resources(resources)
 
     # -- snapshot management ----------------------------------------------------------
 
@@ -414,7 +418,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     continue  # unchanged type: keep its version, nothing to push
                 types[type_url] = new
             self._snapshot = Snapshot(version, types)
-        log.info("snapshot version %s: %s", version, ", ".join(
+        log.debug("snapshot version %s: %s", version, ", ".join(
             f"{t.rsplit('.', 1)[-1]}={len(s.entries)}@{s.version}" for t, s in types.items()))
         self._broadcast(_WAKE)
         return version
@@ -624,7 +628,10 @@ def _decode(p: Path) -> list[AnyType]:
         raise ConfigError(f"{p}: invalid JSON at line {exc.lineno} column {exc.colno}: "
                           f"{exc.msg}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: invalid YAML: {' '.join(str(exc).split())}") from None
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        at = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}: invalid YAML{at}: {problem}") from None
 
 
 def _resource_objects(doc: AnyType, where: str) -> list[tuple[str, AnyType]]:
