@@ -100,6 +100,9 @@ class RedirectSpec:
     prefix_rewrite: str | None = None
     strip_query: bool = False
     status: int = 301
+    # regex_rewrite: RE2 pattern replaced (all matches) by substitution in the path
+    regex_rewrite: str | None = None
+    regex_substitution: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,8 @@ class RouteTable:
     virtual_hosts: tuple[VirtualHost, ...]
     ignore_port_in_host_matching: bool = False
     ignore_path_parameters_in_path_matching: bool = False
+    # RouteConfiguration-level fields carried but not enforced (request_headers_to_add, ...)
+    not_enforced: tuple[str, ...] = ()
 
 
 class ServiceKind(str, Enum):
@@ -203,3 +208,5 @@ class Tables:
     services: tuple[Service, ...] = ()
     route_tables: dict[str, RouteTable] = field(default_factory=dict)
     clusters: dict[str, Cluster] = field(default_factory=dict)
+    # (listener name, reason) for listeners that yield no service (inbound, original-dst, ...)
+    skipped_listeners: tuple[tuple[str, str], ...] = ()

@@ -1,0 +1,199 @@
+"""Cluster (+ ClusterLoadAssignment) -> tables.Cluster: LB policy and endpoints."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from google.protobuf.message import Message
+
+from translator.errors import TranslationError, resource_label
+from translator.tables import Cluster, Endpoint, Health, LbPolicy
+
+_C = cluster_pb2.Cluster
+# lb_policy enum value -> (policy we run, whether it is exact)
+_LB_POLICIES: dict[int, tuple[LbPolicy, bool]] = {
+    _C.ROUND_ROBIN: (LbPolicy.ROUND_ROBIN, True),
+    _C.LEAST_REQUEST: (LbPolicy.LEAST_REQUEST, True),
+    _C.RANDOM: (LbPolicy.RANDOM, True),
+    # hash-based policies spread keys pseudo-randomly; RANDOM is the nearest we run
+    _C.RING_HASH: (LbPolicy.RANDOM, False),
+    _C.MAGLEV: (LbPolicy.RANDOM, False),
+    _C.CLUSTER_PROVIDED: (LbPolicy.ROUND_ROBIN, False),
+}
+# load_balancing_policy typed_config message name -> policy
+_LB_EXTENSIONS: dict[str, tuple[LbPolicy, bool]] = {
+    "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin":
+        (LbPolicy.ROUND_ROBIN, True),
+    "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest":
+        (LbPolicy.LEAST_REQUEST, True),
+    "envoy.extensions.load_balancing_policies.random.v3.Random": (LbPolicy.RANDOM, True),
+    "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash": (LbPolicy.RANDOM, False),
+    "envoy.extensions.load_balancing_policies.maglev.v3.Maglev": (LbPolicy.RANDOM, False),
+}
+_DISCOVERY_TYPES = {_C.STATIC: "STATIC", _C.STRICT_DNS: "STRICT_DNS",
+                    _C.LOGICAL_DNS: "LOGICAL_DNS", _C.EDS: "EDS", _C.ORIGINAL_DST: "ORIGINAL_DST"}
+_HEALTH = {0: Health.UNKNOWN, 1: Health.HEALTHY, 2: Health.UNHEALTHY, 3: Health.DRAINING,
+           4: Health.TIMEOUT, 5: Health.DEGRADED}
+_HANDLED = frozenset({
+    "name", "alt_stat_name", "metadata", "type", "eds_cluster_config", "lb_policy",
+    "load_assignment", "least_request_lb_config", "load_balancing_policy",
+})
+
+
+def eds_service_name(c: cluster_pb2.Cluster) -> str:
+    """The ClusterLoadAssignment name an EDS cluster subscribes to."""
+    return c.eds_cluster_config.service_name or c.name
+
+
+def discovery_type(c: cluster_pb2.Cluster) -> str:
+    """STATIC | STRICT_DNS | LOGICAL_DNS | EDS | ORIGINAL_DST | the custom cluster_type name."""
+    if c.WhichOneof("cluster_discovery_type") == "cluster_type":
+        return c.cluster_type.name or "CUSTOM"
+    return _DISCOVERY_TYPES.get(c.type, f"UNKNOWN({c.type})")
+
+
+def _lb_policy(c: cluster_pb2.Cluster, where: str) -> tuple[LbPolicy, bool]:
+    if c.HasField("load_balancing_policy"):
+        # Envoy uses the first policy whose extension it knows
+        for i, p in enumerate(c.load_balancing_policy.policies):
+            type_name = p.typed_config.type_url.rsplit("/", 1)[-1]
+            if type_name in _LB_EXTENSIONS:
+                return _LB_EXTENSIONS[type_name]
+            if not type_name:
+                raise TranslationError(where, f"load_balancing_policy.policies[{i}]."
+                                       "typed_config: is required")
+        return LbPolicy.ROUND_ROBIN, False
+    policy = _LB_POLICIES.get(c.lb_policy)
+    if policy is None:
+        raise TranslationError(where, f"lb_policy: unknown or unsupported value {c.lb_policy}")
+    return policy
+
+
+def _address(sa: Message, where: str, field: str, dns_ok: bool) -> tuple[str, int] | None:
+    """socket_address -> (IPv4, port); None for a DNS name in a DNS cluster."""
+    port = sa.port_value
+    if sa.WhichOneof("port_specifier") == "named_port":
+        raise TranslationError(where, f"{field}.named_port: named ports are not supported")
+    if not 0 < port <= 65535:
+        raise TranslationError(where, f"{field}.port_value: {port} is not in 1..65535")
+    try:
+        addr = ipaddress.ip_address(sa.address)
+    except ValueError:
+        if dns_ok and sa.address:
+            return None
+        raise TranslationError(where, f"{field}.address: {sa.address!r} is not an IPv4 "
+                               "address") from None
+    if addr.version != 4:
+        raise TranslationError(where, f"{field}.address: {sa.address!r} is not an IPv4 address")
+    return str(addr), port
+
+
+def _endpoints(cla: endpoint_pb2.ClusterLoadAssignment, where: str, prefix: str,
+               dns_ok: bool) -> tuple[tuple[Endpoint, ...], bool]:
+    """(endpoints in CLA order, whether some were DNS names we cannot resolve here)."""
+    out: list[Endpoint] = []
+    unresolved = False
+    for li, lle in enumerate(cla.endpoints):
+        loc = lle.locality
+        locality = f"{loc.region}/{loc.zone}/{loc.sub_zone}" if lle.HasField("locality") else ""
+        for ei, lb in enumerate(lle.lb_endpoints):
+            field = f"{prefix}endpoints[{li}].lb_endpoints[{ei}]"
+            if lb.WhichOneof("host_identifier") != "endpoint":
+                raise TranslationError(where, f"{field}.endpoint: is required (named endpoints "
+                                       "are not supported)")
+            address = lb.endpoint.address
+            if address.WhichOneof("address") != "socket_address":
+                raise TranslationError(where, f"{field}.endpoint.address: only socket_address "
+                                       "is supported")
+            got = _address(address.socket_address, where,
+                           f"{field}.endpoint.address.socket_address", dns_ok)
+            if got is None:
+                unresolved = True
+                continue
+            weight = lb.load_balancing_weight.value if lb.HasField("load_balancing_weight") else 1
+            if weight < 1:
+                raise TranslationError(where, f"{field}.load_balancing_weight: must be >= 1")
+            health = _HEALTH.get(lb.health_status)
+            if health is None:
+                raise TranslationError(where, f"{field}.health_status: unknown value "
+                                       f"{lb.health_status}")
+            out.append(Endpoint(address=got[0], port=got[1], weight=weight, health=health,
+                                priority=lle.priority, locality=locality))
+    return tuple(out), unresolved
+
+
+def validate_cla(cla: endpoint_pb2.ClusterLoadAssignment) -> None:
+    """Per-resource validation of a ClusterLoadAssignment (what an EDS NACK needs)."""
+    where = resource_label("ClusterLoadAssignment", cla.cluster_name)
+    if not cla.cluster_name:
+        raise TranslationError(where, "cluster_name: is required")
+    _endpoints(cla, where, "", dns_ok=False)
+
+
+def translate_cluster(c: cluster_pb2.Cluster,
+                      cla: endpoint_pb2.ClusterLoadAssignment | None) -> Cluster:
+    """Validate a Cluster and build its table entry.
+
+    EDS clusters take their endpoints from ``cla`` (``has_endpoints`` is False until it is
+    given); other clusters use their inline ``load_assignment``.  DNS names in DNS clusters
+    cannot be resolved by the pure translator: such endpoints are left out and the cluster
+    lists ``dns_resolution`` as not enforced.
+    """
+    where = resource_label("Cluster", c.name)
+    if not c.name:
+        raise TranslationError(where, "name: is required")
+    kind = discovery_type(c)
+    if kind.startswith("UNKNOWN("):
+        raise TranslationError(where, f"type: unknown discovery type {c.type}")
+    policy, exact = _lb_policy(c, where)
+    not_enforced = [f.name for f, _ in c.ListFields() if f.name not in _HANDLED]
+    if not exact:
+        not_enforced.insert(0, "lb_policy")
+    choice_count, bias = 2, 1.0
+    if c.HasField("least_request_lb_config"):
+        lr = c.least_request_lb_config
+        if lr.HasField("choice_count"):
+            if lr.choice_count.value < 2:
+                raise TranslationError(where, "least_request_lb_config.choice_count: must be "
+                                       ">= 2")
+            choice_count = lr.choice_count.value
+        if lr.HasField("active_request_bias"):
+            bias = lr.active_request_bias.default_value
+            if bias < 0:
+                raise TranslationError(where, "least_request_lb_config.active_request_bias: "
+                                       "must be >= 0")
+    panic = 50.0
+    if c.HasField("common_lb_config") and c.common_lb_config.HasField("healthy_panic_threshold"):
+        panic = c.common_lb_config.healthy_panic_threshold.value
+        if not 0.0 <= panic <= 100.0:
+            raise TranslationError(where, "common_lb_config.healthy_panic_threshold: must be "
+                                   "in [0, 100]")
+    dns = kind in ("STRICT_DNS", "LOGICAL_DNS")
+    if kind == "EDS":
+        has_endpoints = cla is not None
+        if cla is not None:
+            endpoints, _ = _endpoints(cla, resource_label("ClusterLoadAssignment",
+                                                          cla.cluster_name), "", dns_ok=False)
+        else:
+            endpoints = ()
+    else:
+        has_endpoints = True
+        endpoints, unresolved = _endpoints(c.load_assignment, where, "load_assignment.",
+                                           dns_ok=dns)
+        if unresolved:
+            not_enforced.append("dns_resolution")
+    if kind == "ORIGINAL_DST":
+        not_enforced.append("original_dst")
+    return Cluster(
+        name=c.name,
+        lb_policy=policy,
+        endpoints=endpoints,
+        has_endpoints=has_endpoints,
+        kind=kind,
+        choice_count=choice_count,
+        active_request_bias=bias,
+        panic_threshold=panic,
+        not_enforced=tuple(dict.fromkeys(not_enforced)),
+    )

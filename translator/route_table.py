@@ -1,0 +1,406 @@
+"""RouteConfiguration -> RouteTable: validation and the last-match-wins flattening.
+
+Envoy evaluates a virtual host's routes in order and takes the first match.  The tables keep
+the *last* match (the kernel walks a rule array without early exit), so each virtual host's
+routes are written reversed: ``rules[i]`` is Envoy route ``len(routes) - 1 - i``.
+
+Every field of a route, virtual host or route configuration that the datapath does not act
+on is recorded by name in ``not_enforced``; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import re2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from google.protobuf.message import Message
+
+from translator.errors import TranslationError, resource_label
+from translator.tables import (
+    Action,
+    ActionKind,
+    PathKind,
+    PathMatch,
+    RedirectSpec,
+    RouteTable,
+    Rule,
+    StringKind,
+    ValueMatch,
+    VirtualHost,
+    WeightedCluster,
+)
+
+# Fields with no effect on forwarding (names, stats labels, opaque metadata).
+_INFORMATIONAL = frozenset({"name", "metadata", "stat_prefix"})
+_ROUTE_CONFIG_HANDLED = _INFORMATIONAL | {
+    "virtual_hosts",
+    "validate_clusters",  # checked by translate() against the cluster set
+    "ignore_port_in_host_matching",
+    "ignore_path_parameters_in_path_matching",
+    "max_direct_response_body_size_bytes",  # a config-time limit, checked below
+}
+_VHOST_HANDLED = _INFORMATIONAL | {"domains", "routes"}
+_ROUTE_HANDLED = _INFORMATIONAL | {"match", "route", "redirect", "direct_response"}
+_MATCH_HANDLED = frozenset({
+    "prefix", "path", "safe_regex", "connect_matcher", "path_separated_prefix",
+    "case_sensitive", "headers", "query_parameters", "grpc",
+})
+_ROUTE_ACTION_HANDLED = frozenset({
+    "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code",
+})
+_CLUSTER_WEIGHT_HANDLED = _INFORMATIONAL | {"weight"}
+_WEIGHTED_HANDLED = frozenset({"clusters", "total_weight"})
+
+# RouteAction.ClusterNotFoundResponseCode -> HTTP status
+_CLUSTER_NOT_FOUND_STATUS = {0: 503, 1: 404, 2: 500}
+# RedirectAction.RedirectResponseCode -> HTTP status
+REDIRECT_STATUS = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
+# Envoy's default max_direct_response_body_size_bytes
+_DEFAULT_MAX_BODY = 4096
+# gRPC requests: content-type exactly application/grpc or application/grpc+<subtype>
+GRPC_CONTENT_TYPE_REGEX = r"application/grpc(\+.*)?"
+
+
+def _unhandled(msg: Message, handled: Iterable[str], prefix: str = "") -> list[str]:
+    """Names of the fields set on ``msg`` that are not in ``handled`` (proto order)."""
+    handled_set = set(handled)
+    return [prefix + f.name for f, _ in msg.ListFields() if f.name not in handled_set]
+
+
+def compile_regex(pattern: str, where: str, field: str) -> None:
+    """Check that ``pattern`` is a valid RE2 regex; raise TranslationError otherwise."""
+    try:
+        re2.compile(pattern)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", errors="replace")
+        raise TranslationError(where, f"{field}: invalid regex {pattern!r}: {reason}") from None
+
+
+def _string_matcher(sm: Message, where: str, field: str) -> tuple[StringKind, str, bool]:
+    """envoy.type.matcher.v3.StringMatcher -> (kind, value, ignore_case)."""
+    which = sm.WhichOneof("match_pattern")
+    if which is None:
+        raise TranslationError(where, f"{field}: match_pattern is required")
+    if which == "custom":
+        raise TranslationError(where, f"{field}.custom: custom string matchers are not supported")
+    if which == "safe_regex":
+        compile_regex(sm.safe_regex.regex, where, f"{field}.safe_regex.regex")
+        # ignore_case has no effect on regex matching in Envoy
+        return StringKind.REGEX, sm.safe_regex.regex, False
+    value = getattr(sm, which)
+    if which in ("prefix", "suffix", "contains") and not value:
+        raise TranslationError(where, f"{field}.{which}: must not be empty")
+    return StringKind(which), value, sm.ignore_case
+
+
+def _header_matcher(hm: rc.HeaderMatcher, where: str, field: str) -> ValueMatch:
+    if not hm.name:
+        raise TranslationError(where, f"{field}.name: header name is required")
+    name = hm.name.lower()
+    common = {"invert": hm.invert_match, "missing_as_empty": hm.treat_missing_header_as_empty}
+    which = hm.WhichOneof("header_match_specifier")
+    if which is None:
+        # Envoy: no specifier means "header present"
+        return ValueMatch(name, StringKind.PRESENT, present=True, **common)
+    if which == "present_match":
+        return ValueMatch(name, StringKind.PRESENT, present=hm.present_match, **common)
+    if which == "exact_match":
+        # legacy exact_match "" matches any value of a present header (Envoy keeps that quirk)
+        if not hm.exact_match:
+            return ValueMatch(name, StringKind.PREFIX, "", **common)
+        return ValueMatch(name, StringKind.EXACT, hm.exact_match, **common)
+    if which in ("prefix_match", "suffix_match", "contains_match"):
+        value = getattr(hm, which)
+        if not value:
+            raise TranslationError(where, f"{field}.{which}: must not be empty")
+        return ValueMatch(name, StringKind(which.removesuffix("_match")), value, **common)
+    if which == "safe_regex_match":
+        compile_regex(hm.safe_regex_match.regex, where, f"{field}.safe_regex_match.regex")
+        return ValueMatch(name, StringKind.REGEX, hm.safe_regex_match.regex, **common)
+    if which == "range_match":
+        r = hm.range_match
+        if r.start > r.end:
+            raise TranslationError(where, f"{field}.range_match: start {r.start} > end {r.end}")
+        return ValueMatch(name, StringKind.RANGE, range_start=r.start, range_end=r.end, **common)
+    kind, value, ignore_case = _string_matcher(hm.string_match, where, f"{field}.string_match")
+    return ValueMatch(name, kind, value, ignore_case=ignore_case, **common)
+
+
+def _query_matcher(qm: rc.QueryParameterMatcher, where: str, field: str) -> ValueMatch:
+    if not qm.name:
+        raise TranslationError(where, f"{field}.name: query parameter name is required")
+    if qm.WhichOneof("query_parameter_match_specifier") == "string_match":
+        kind, value, ignore_case = _string_matcher(qm.string_match, where, f"{field}.string_match")
+        return ValueMatch(qm.name, kind, value, ignore_case=ignore_case)
+    # present_match (true or false) and no specifier both mean "parameter present" in Envoy
+    return ValueMatch(qm.name, StringKind.PRESENT, present=True)
+
+
+def _path_match(m: rc.RouteMatch, where: str, field: str) -> PathMatch:
+    which = m.WhichOneof("path_specifier")
+    case_sensitive = m.case_sensitive.value if m.HasField("case_sensitive") else True
+    if which is None:
+        raise TranslationError(where, f"{field}: a path specifier (prefix, path, safe_regex, "
+                               "path_separated_prefix, connect_matcher) is required")
+    if which == "prefix":
+        return PathMatch(PathKind.PREFIX, m.prefix, case_sensitive)
+    if which == "path":
+        return PathMatch(PathKind.EXACT, m.path, case_sensitive)
+    if which == "path_separated_prefix":
+        p = m.path_separated_prefix
+        if len(p) < 2 or "?" in p or "#" in p or p.endswith("/") or not p.startswith("/"):
+            raise TranslationError(where, f"{field}.path_separated_prefix: {p!r} must start "
+                                   "with '/', not end with '/' and not contain '?' or '#'")
+        return PathMatch(PathKind.PATH_SEPARATED_PREFIX, p, case_sensitive)
+    if which == "safe_regex":
+        compile_regex(m.safe_regex.regex, where, f"{field}.safe_regex.regex")
+        # case_sensitive is ignored for safe_regex in Envoy
+        return PathMatch(PathKind.REGEX, m.safe_regex.regex, True)
+    if which == "connect_matcher":
+        return PathMatch(PathKind.CONNECT, "", True)
+    raise TranslationError(where, f"{field}.{which}: path match policy extensions are not "
+                           "supported")
+
+
+def _data_source_text(ds: Message, where: str, field: str) -> str:
+    which = ds.WhichOneof("specifier")
+    if which is None:
+        return ""
+    if which == "inline_string":
+        return str(ds.inline_string)
+    if which == "inline_bytes":
+        return bytes(ds.inline_bytes).decode("utf-8", errors="replace")
+    # filename / environment_variable would need I/O; the translator is pure
+    raise TranslationError(where, f"{field}.{which}: only inline bodies are supported")
+
+
+def _weighted(wc: rc.WeightedCluster, where: str, field: str,
+              not_enforced: list[str], slow: list[str]) -> Action:
+    if not wc.clusters:
+        raise TranslationError(where, f"{field}.clusters: at least one cluster is required")
+    entries: list[WeightedCluster] = []
+    for i, cw in enumerate(wc.clusters):
+        f = f"{field}.clusters[{i}]"
+        if cw.cluster_header:
+            slow.append("weighted_clusters.cluster_header")
+        elif not cw.name:
+            raise TranslationError(where, f"{f}.name: cluster name or cluster_header is required")
+        weight = cw.weight.value if cw.HasField("weight") else 0
+        entries.append(WeightedCluster(cw.name or "", weight))
+        not_enforced.extend(_unhandled(cw, _CLUSTER_WEIGHT_HANDLED | {"cluster_header"},
+                                       "weighted_clusters.clusters."))
+    total = sum(e.weight for e in entries)
+    if total <= 0:
+        raise TranslationError(where, f"{field}: sum of cluster weights must be greater than 0")
+    which = wc.WhichOneof("random_value_specifier")
+    if which is not None:
+        slow.append(f"weighted_clusters.{which}")
+    not_enforced.extend(_unhandled(wc, _WEIGHTED_HANDLED | {"header_name", "use_hash_policy"},
+                                   "weighted_clusters."))
+    # Envoy >= 1.28 ignores total_weight and uses the sum of weights
+    return Action(ActionKind.WEIGHTED_CLUSTERS, weighted=tuple(entries), total_weight=total)
+
+
+def _route_action(ra: rc.RouteAction, where: str, field: str,
+                  not_enforced: list[str], slow: list[str]) -> Action:
+    status = _CLUSTER_NOT_FOUND_STATUS.get(ra.cluster_not_found_response_code)
+    if status is None:
+        raise TranslationError(where, f"{field}.cluster_not_found_response_code: unknown value "
+                               f"{ra.cluster_not_found_response_code}")
+    not_enforced.extend(_unhandled(ra, _ROUTE_ACTION_HANDLED | {
+        "cluster_specifier_plugin", "inline_cluster_specifier_plugin"}))
+    which = ra.WhichOneof("cluster_specifier")
+    if which == "cluster":
+        if not ra.cluster:
+            raise TranslationError(where, f"{field}.cluster: must not be empty")
+        return Action(ActionKind.CLUSTER, cluster=ra.cluster, cluster_not_found_status=status)
+    if which == "cluster_header":
+        slow.append("cluster_header")
+        return Action(ActionKind.CLUSTER, cluster_header=ra.cluster_header.lower(),
+                      cluster_not_found_status=status)
+    if which == "weighted_clusters":
+        action = _weighted(ra.weighted_clusters, where, f"{field}.weighted_clusters",
+                           not_enforced, slow)
+        return Action(action.kind, weighted=action.weighted, total_weight=action.total_weight,
+                      cluster_not_found_status=status)
+    if which is None:
+        raise TranslationError(where, f"{field}: a cluster specifier (cluster, cluster_header, "
+                               "weighted_clusters) is required")
+    raise TranslationError(where, f"{field}.{which}: cluster specifier plugins are not supported")
+
+
+def _redirect(rd: rc.RedirectAction, where: str, field: str, path: PathMatch) -> Action:
+    status = REDIRECT_STATUS.get(rd.response_code)
+    if status is None:
+        raise TranslationError(where, f"{field}.response_code: unknown value {rd.response_code}")
+    scheme: str | None = None
+    if rd.WhichOneof("scheme_rewrite_specifier") == "https_redirect" and rd.https_redirect:
+        scheme = "https"
+    elif rd.scheme_redirect:
+        scheme = rd.scheme_redirect.lower()
+    if rd.port_redirect > 65535:
+        raise TranslationError(where, f"{field}.port_redirect: {rd.port_redirect} out of range")
+    regex_rewrite = regex_sub = None
+    if rd.HasField("regex_rewrite"):
+        compile_regex(rd.regex_rewrite.pattern.regex, where, f"{field}.regex_rewrite.pattern")
+        regex_rewrite = rd.regex_rewrite.pattern.regex
+        regex_sub = rd.regex_rewrite.substitution
+    if rd.prefix_rewrite and path.kind is PathKind.CONNECT:
+        raise TranslationError(where, f"{field}.prefix_rewrite: not allowed with connect_matcher")
+    spec = RedirectSpec(
+        scheme=scheme,
+        host=rd.host_redirect or None,
+        port=rd.port_redirect or None,
+        path=rd.path_redirect or None,
+        prefix_rewrite=rd.prefix_rewrite or None,
+        strip_query=rd.strip_query,
+        status=status,
+        regex_rewrite=regex_rewrite,
+        regex_substitution=regex_sub,
+    )
+    return Action(ActionKind.REDIRECT, status=status, redirect=spec)
+
+
+def _direct(dr: rc.DirectResponseAction, where: str, field: str, max_body: int,
+            not_enforced: list[str]) -> Action:
+    if not 200 <= dr.status < 600:
+        raise TranslationError(where, f"{field}.status: {dr.status} is not in [200, 600)")
+    body = _data_source_text(dr.body, where, f"{field}.body") if dr.HasField("body") else None
+    if body is not None and len(body.encode()) > max_body:
+        raise TranslationError(where, f"{field}.body: {len(body.encode())} bytes exceed "
+                               f"max_direct_response_body_size_bytes {max_body}")
+    if dr.HasField("body_format"):
+        not_enforced.append("direct_response.body_format")
+    return Action(ActionKind.DIRECT_RESPONSE, status=dr.status, body=body)
+
+
+def translate_route(route: rc.Route, envoy_index: int, where: str, field: str,
+                    max_body: int = _DEFAULT_MAX_BODY) -> Rule:
+    """One Envoy route -> one Rule (validated)."""
+    if not route.HasField("match"):
+        raise TranslationError(where, f"{field}.match: is required")
+    m = route.match
+    path = _path_match(m, where, f"{field}.match")
+    headers = [_header_matcher(h, where, f"{field}.match.headers[{i}]")
+               for i, h in enumerate(m.headers)]
+    if m.HasField("grpc"):
+        headers.append(ValueMatch("content-type", StringKind.REGEX, GRPC_CONTENT_TYPE_REGEX))
+    query = tuple(_query_matcher(q, where, f"{field}.match.query_parameters[{i}]")
+                  for i, q in enumerate(m.query_parameters))
+    not_enforced = _unhandled(m, _MATCH_HANDLED, "match.")
+    not_enforced += _unhandled(route, _ROUTE_HANDLED)
+    slow: list[str] = []
+    which = route.WhichOneof("action")
+    if which == "route":
+        action = _route_action(route.route, where, f"{field}.route", not_enforced, slow)
+    elif which == "redirect":
+        action = _redirect(route.redirect, where, f"{field}.redirect", path)
+    elif which == "direct_response":
+        action = _direct(route.direct_response, where, f"{field}.direct_response", max_body,
+                         not_enforced)
+    elif which is None:
+        raise TranslationError(where, f"{field}: an action (route, redirect, direct_response) "
+                               "is required")
+    else:
+        raise TranslationError(where, f"{field}.{which}: action is not supported by sockmesh")
+    return Rule(
+        envoy_index=envoy_index,
+        name=route.name,
+        path=path,
+        headers=tuple(headers),
+        query=query,
+        action=action,
+        not_enforced=tuple(dict.fromkeys(not_enforced)),
+        needs_slow_path=tuple(dict.fromkeys(slow)),
+    )
+
+
+def domain_kind(domain: str) -> str:
+    """``default`` (``*``), ``suffix`` (``*x``), ``prefix`` (``x*``) or ``exact``."""
+    if domain == "*":
+        return "default"
+    if domain.startswith("*"):
+        return "suffix"
+    if domain.endswith("*"):
+        return "prefix"
+    return "exact"
+
+
+def _check_domains(rc_msg: route_pb2.RouteConfiguration, where: str) -> None:
+    seen: dict[str, int] = {}
+    for vi, vh in enumerate(rc_msg.virtual_hosts):
+        if not vh.domains:
+            raise TranslationError(where, f"virtual_hosts[{vi}].domains: at least one domain "
+                                   "is required")
+        for di, raw in enumerate(vh.domains):
+            field = f"virtual_hosts[{vi}].domains[{di}]"
+            domain = raw.lower()
+            if not domain:
+                raise TranslationError(where, f"{field}: empty domain")
+            # '*' is a wildcard only as the first or last character; elsewhere Envoy would
+            # take it literally and the domain could never match a valid Host header
+            inner = domain.removeprefix("*")
+            inner = inner[:-1] if inner.endswith("*") and domain != "*" else inner
+            if "*" in inner or (domain.startswith("*") and domain.endswith("*")
+                                and domain != "*"):
+                raise TranslationError(where, f"{field}: bad wildcard in domain {raw!r} ('*' "
+                                       "only as the whole domain, first or last character)")
+            if any(c.isspace() for c in domain):
+                raise TranslationError(where, f"{field}: invalid domain {raw!r}")
+            if domain in seen:
+                raise TranslationError(where, f"{field}: duplicate domain {raw!r} (also in "
+                                       f"virtual_hosts[{seen[domain]}]); domains must be "
+                                       "unique in a route configuration")
+            seen[domain] = vi
+
+
+def translate_route_config(rc_msg: route_pb2.RouteConfiguration,
+                           name: str | None = None) -> RouteTable:
+    """Validate a RouteConfiguration and flatten it into a RouteTable (rules reversed)."""
+    table_name = name if name is not None else rc_msg.name
+    where = resource_label("RouteConfiguration", table_name)
+    max_body = (rc_msg.max_direct_response_body_size_bytes.value
+                if rc_msg.HasField("max_direct_response_body_size_bytes") else _DEFAULT_MAX_BODY)
+    _check_domains(rc_msg, where)
+    vhosts: list[VirtualHost] = []
+    for vi, vh in enumerate(rc_msg.virtual_hosts):
+        if not vh.name:
+            raise TranslationError(where, f"virtual_hosts[{vi}].name: is required")
+        rules = [translate_route(r, ri, where, f"virtual_hosts[{vi}].routes[{ri}]", max_body)
+                 for ri, r in enumerate(vh.routes)]
+        rules.reverse()  # last-match-wins order: the last matching rule is Envoy's first
+        vhosts.append(VirtualHost(
+            name=vh.name,
+            domains=tuple(d.lower() for d in vh.domains),
+            rules=tuple(rules),
+            not_enforced=tuple(_unhandled(vh, _VHOST_HANDLED)),
+        ))
+    return RouteTable(
+        name=table_name,
+        virtual_hosts=tuple(vhosts),
+        ignore_port_in_host_matching=rc_msg.ignore_port_in_host_matching,
+        ignore_path_parameters_in_path_matching=rc_msg.ignore_path_parameters_in_path_matching,
+        not_enforced=tuple(_unhandled(rc_msg, _ROUTE_CONFIG_HANDLED)),
+    )
+
+
+def validate_route_config(rc_msg: route_pb2.RouteConfiguration) -> None:
+    """Per-resource validation (what an RDS NACK needs): translation without keeping it."""
+    if not rc_msg.name:
+        raise TranslationError(resource_label("RouteConfiguration", ""), "name: is required")
+    translate_route_config(rc_msg)
+
+
+def referenced_clusters(table: RouteTable) -> set[str]:
+    """Every cluster name a route table refers to statically."""
+    out: set[str] = set()
+    for vh in table.virtual_hosts:
+        for rule in vh.rules:
+            if rule.action.cluster:
+                out.add(rule.action.cluster)
+            out.update(w.cluster for w in rule.action.weighted if w.cluster)
+    return out

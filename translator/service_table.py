@@ -1,0 +1,196 @@
+"""Listeners -> the service table (destination VIP:port -> L7 route table or L4 cluster).
+
+Shapes handled (see Istio's outbound listener layout):
+
+* ``0.0.0.0_PORT`` outbound listeners whose HTTP filter chain names an RDS config ->
+  ``Service("0.0.0.0", PORT, HTTP, route_table=...)`` (any destination on that port);
+* per-VIP listeners ``10.x.y.z_PORT`` with ``tcp_proxy`` -> ``Service(vip, PORT, TCP)``;
+* filter chains selected by ``filter_chain_match.prefix_ranges`` (``/32`` -> that VIP,
+  ``/0`` -> the listener's address) and ``destination_port``;
+* plain Envoy listeners (an address and an HCM with RDS or an inline route_config).
+
+Skipped with a reason: inbound listeners (``virtualInbound``, traffic_direction INBOUND),
+original-destination dispatchers (``virtualOutbound``, use_original_dst), internal/API/UDP
+listeners, non-IPv4 addresses, TLS-only or SNI chains, chains matching on the source.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from translator.errors import TranslationError, resource_label
+from translator.tables import Service, ServiceKind
+
+_HCM = hcm_pb2.HttpConnectionManager
+_TCP_PROXY = tcp_proxy_pb2.TcpProxy
+WILDCARD_VIP = "0.0.0.0"
+
+
+@dataclass(frozen=True)
+class ListenerTargets:
+    """What one listener contributes: services, inline route configs, or why nothing."""
+
+    services: tuple[Service, ...]
+    inline_route_configs: tuple[tuple[str, route_pb2.RouteConfiguration], ...]
+    skipped: str | None = None
+
+
+def _unpack(filt: listener_components_pb2.Filter, cls: type, where: str, field: str) -> Any:
+    msg = cls()
+    if not filt.typed_config.Unpack(msg):
+        raise TranslationError(where, f"{field}.typed_config: cannot decode "
+                               f"{filt.typed_config.type_url}")
+    return msg
+
+
+def _chain_target(chain: listener_components_pb2.FilterChain, listener_name: str, where: str,
+                  field: str) -> tuple[ServiceKind, str, route_pb2.RouteConfiguration | None] | None:
+    """(kind, route table or cluster name, inline route config) of a chain, or None."""
+    for i, filt in enumerate(chain.filters):
+        ffield = f"{field}.filters[{i}]"
+        if filt.typed_config.Is(_HCM.DESCRIPTOR):
+            hcm = _unpack(filt, _HCM, where, ffield)
+            which = hcm.WhichOneof("route_specifier")
+            if which == "rds":
+                if not hcm.rds.route_config_name:
+                    raise TranslationError(where, f"{ffield}.typed_config.rds.route_config_name:"
+                                           " is required")
+                return ServiceKind.HTTP, hcm.rds.route_config_name, None
+            if which == "route_config":
+                name = hcm.route_config.name or f"{listener_name}/inline"
+                return ServiceKind.HTTP, name, hcm.route_config
+            return None  # scoped_routes: not supported, skip the chain
+        if filt.typed_config.Is(_TCP_PROXY.DESCRIPTOR):
+            tp = _unpack(filt, _TCP_PROXY, where, ffield)
+            if tp.WhichOneof("cluster_specifier") == "cluster":
+                return ServiceKind.TCP, tp.cluster, None
+            if tp.WhichOneof("cluster_specifier") == "weighted_clusters" and \
+                    tp.weighted_clusters.clusters:
+                # L4 weighted splits pick the heaviest cluster (the datapath picks per connect)
+                best = max(tp.weighted_clusters.clusters, key=lambda c: c.weight)
+                return ServiceKind.TCP, best.name, None
+            raise TranslationError(where, f"{ffield}.typed_config: tcp_proxy needs a cluster")
+    return None
+
+
+def _chain_keys(chain: listener_components_pb2.FilterChain, vip: str, port: int,
+                where: str, field: str) -> list[tuple[str, int]] | None:
+    """The (vip, port) keys a chain serves for plaintext HTTP/1.1 or TCP, None if it can't."""
+    m = chain.filter_chain_match
+    if m.transport_protocol not in ("", "raw_buffer") or m.server_names:
+        return None
+    if m.application_protocols and not {"http/1.1", "http/1.0"} & set(m.application_protocols):
+        return None
+    if m.source_prefix_ranges or m.direct_source_prefix_ranges or m.source_ports:
+        return None
+    if m.HasField("destination_port"):
+        port = m.destination_port.value
+        if not 0 < port <= 65535:
+            raise TranslationError(where, f"{field}.filter_chain_match.destination_port: {port} "
+                                   "is not in 1..65535")
+    if not m.prefix_ranges:
+        return [(vip, port)]
+    keys = []
+    for i, cidr in enumerate(m.prefix_ranges):
+        plen = cidr.prefix_len.value if cidr.HasField("prefix_len") else None
+        try:
+            addr = ipaddress.ip_address(cidr.address_prefix)
+        except ValueError:
+            raise TranslationError(where, f"{field}.filter_chain_match.prefix_ranges[{i}]."
+                                   f"address_prefix: {cidr.address_prefix!r} is not an IP "
+                                   "address") from None
+        if addr.version != 4:
+            continue
+        if plen is None or plen == 32:
+            keys.append((str(addr), port))
+        elif plen == 0:
+            keys.append((vip, port))
+        # other prefix lengths cannot be expressed as VIP:port entries
+    return keys or None
+
+
+def listener_targets(listener: listener_pb2.Listener) -> ListenerTargets:
+    """Validate a Listener and return what it contributes to the service table."""
+    name = listener.name
+    where = resource_label("Listener", name)
+    if not name:
+        raise TranslationError(where, "name: is required")
+    if listener.HasField("api_listener"):
+        return ListenerTargets((), (), "API listener")
+    if listener.HasField("internal_listener"):
+        return ListenerTargets((), (), "internal listener")
+    if not listener.HasField("address"):
+        raise TranslationError(where, "address: is required")
+    if listener.address.WhichOneof("address") != "socket_address":
+        return ListenerTargets((), (), "not a socket address listener")
+    sa = listener.address.socket_address
+    if sa.protocol != 0:
+        return ListenerTargets((), (), "UDP listener")
+    if sa.WhichOneof("port_specifier") != "port_value" or not 0 < sa.port_value <= 65535:
+        raise TranslationError(where, f"address.socket_address.port_value: {sa.port_value} is "
+                               "not in 1..65535")
+    try:
+        addr = ipaddress.ip_address(sa.address)
+    except ValueError:
+        raise TranslationError(where, f"address.socket_address.address: {sa.address!r} is not "
+                               "an IP address") from None
+    if listener.traffic_direction == base_pb2.INBOUND or name == "virtualInbound":
+        return ListenerTargets((), (), "inbound listener (traffic to this node's workloads)")
+    if listener.use_original_dst.value:
+        return ListenerTargets((), (), "original-destination dispatcher (use_original_dst)")
+    if addr.version != 4:
+        return ListenerTargets((), (), f"non-IPv4 address {sa.address}")
+    vip = str(addr)
+    chosen: dict[tuple[str, int], tuple[bool, Service]] = {}
+    inline: dict[str, route_pb2.RouteConfiguration] = {}
+    chains = [(f"filter_chains[{i}]", c) for i, c in enumerate(listener.filter_chains)]
+    if listener.HasField("default_filter_chain"):
+        chains.append(("default_filter_chain", listener.default_filter_chain))
+    for field, chain in chains:
+        keys = _chain_keys(chain, vip, sa.port_value, where, field)
+        if keys is None:
+            continue
+        target = _chain_target(chain, name, where, field)
+        if target is None:
+            continue
+        kind, ref, inline_rc = target
+        if inline_rc is not None:
+            inline[ref] = inline_rc
+        # a chain that insists on HTTP/1.1 (Istio's HTTP chain) beats a plain TCP chain
+        wants_http = "http/1.1" in chain.filter_chain_match.application_protocols
+        for key in keys:
+            svc = Service(
+                vip=key[0], port=key[1], kind=kind,
+                route_table=ref if kind is ServiceKind.HTTP else None,
+                cluster=ref if kind is ServiceKind.TCP else None,
+                listener=name,
+            )
+            prev = chosen.get(key)
+            if prev is None or (wants_http and not prev[0]):
+                chosen[key] = (wants_http, svc)
+    if not chosen:
+        return ListenerTargets((), tuple(inline.items()),
+                               "no plaintext filter chain with an HTTP connection manager or "
+                               "tcp_proxy")
+    services = tuple(svc for _, svc in chosen.values())
+    return ListenerTargets(services, tuple(sorted(inline.items())))
+
+
+def services_from_listeners(listeners: Iterable[listener_pb2.Listener]) -> tuple[Service, ...]:
+    """The service table of ``listeners``, sorted by (port, vip); first listener wins a key."""
+    out: dict[tuple[str, int], Service] = {}
+    for listener in sorted(listeners, key=lambda lst: lst.name):
+        for svc in listener_targets(listener).services:
+            out.setdefault((svc.vip, svc.port), svc)
+    return tuple(sorted(out.values(), key=lambda s: (s.port, s.vip)))
