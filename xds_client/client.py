@@ -264,7 +264,9 @@ class XdsClient:
 
     def _before_sleep(self, state: RetryCallState) -> None:
         delay = state.next_action.sleep if state.next_action else 0.0
-        log.warning("xDS stream to %s failed (%s); retrying in %.2f s",
+        # the first failure of a run is news; the retries after it are not
+        level = logging.WARNING if state.attempt_number == 1 else logging.INFO
+        log.log(level, "xDS stream to %s failed (%s); retrying in %.2f s",
                     self.server, self._last_error, delay)
 
     async def _run(self) -> None:

@@ -242,6 +242,9 @@ class AdsProtocol:
                 return []  # never send a first request without names: that means wildcard
             return [self._first_request(st, now)]
         wanted = st.wanted()
+        # newly wanted names get a does-not-exist clock even when the request does not
+        # change (a wildcard subscription already covers them)
+        self._start_timers(st, wanted, now)
         if self.delta:
             add = wanted - st.sent_names
             drop = st.sent_names - wanted
@@ -253,7 +256,6 @@ class AdsProtocol:
                 return []
             st.sent_names = set(wanted)
             st.sent_wildcard = st.wildcard
-            self._start_timers(st, add - {"*"}, now)
             return [discovery_pb2.DeltaDiscoveryRequest(
                 type_url=st.type_url,
                 resource_names_subscribe=sorted(add),
@@ -262,7 +264,6 @@ class AdsProtocol:
         new_names = set() if st.wildcard else wanted
         if st.sent_wildcard == st.wildcard and new_names == st.sent_names:
             return []
-        self._start_timers(st, new_names - st.sent_names, now)
         return [self._sotw_request(st)]
 
     # ---- stream lifecycle ----------------------------------------------------------

@@ -387,3 +387,13 @@ def test_watchers_route_events_and_survive_a_broken_callback() -> None:
     assert kinds == [(WatchEventKind.UPDATED, "a"), (WatchEventKind.UPDATED, "a"),
                      (WatchEventKind.UPDATED, "b"), (WatchEventKind.REMOVED, "z"),
                      (WatchEventKind.DOES_NOT_EXIST, "q")]
+
+
+def test_referenced_name_under_wildcard_still_gets_does_not_exist() -> None:
+    core, _ = started(timeout=5.0, wildcard=(CLUSTER, CLUSTER_LOAD_ASSIGNMENT))
+    core.receive(sotw(CLUSTER_LOAD_ASSIGNMENT, "e1", "n0"), 0.5)
+    out = core.receive(sotw(CLUSTER, "c1", "n1", cluster("svc")), 1.0)
+    assert [r.type_url for r in out.requests] == [CLUSTER]  # wildcard EDS: nothing new to ask
+    assert not core.synced()
+    assert DoesNotExist(CLUSTER_LOAD_ASSIGNMENT, "svc") in core.tick(6.0)
+    assert core.synced()
