@@ -29,6 +29,7 @@ from translator.resources import (
     LISTENER,
     RESOURCE_TYPES,
     ROUTE_CONFIGURATION,
+    parse_config_dump,
     resource_name,
     to_json,
 )
@@ -316,3 +317,38 @@ async def test_cli_rejects_bad_arguments_and_bad_initial_config(tmp_path: Path) 
     bad.write_text('{"@type": "' + LISTENER + '", "name": "l", "adress": {}}')
     rc, text = await run_cli("--config", str(bad), "--port", "0")
     assert rc == 1 and "bad.json" in text and 'no field named "adress"' in text
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_cli_server_to_cli_dump_round_trip(delta: bool) -> None:
+    """`sockmesh xds-server` serving an Istio dump, read back by `sockmesh xds-dump`."""
+    if not ISTIO_DUMPS:
+        pytest.skip("no Istio sample dumps")
+    dump = ISTIO / "istio_bookinfo_gateway_rds_cds.json"
+    server = await CliServer.start(dump)
+    try:
+        rc, out, err = await run_cli_raw(
+            "xds-dump", "--server", f"127.0.0.1:{server.port}", "--timeout", "10",
+            "--missing-after", "1", *(["--delta"] if delta else []))
+        assert rc == 0, err
+        received = parse_config_dump(json.loads(out), "xds-dump output")
+        expected = load_config(dump)
+        for type_url in ALL_TYPES:
+            assert received.by_type(type_url) == expected.by_type(type_url), type_url
+        assert expected.unknown_extensions <= received.unknown_extensions
+        await server.wait_log(r"ACK Cluster from node")
+    finally:
+        await server.stop()
+
+
+async def run_cli_raw(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "integration.cli", *args, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), WAIT_S + 5)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return int(proc.returncode or 0), out.decode(), err.decode()
