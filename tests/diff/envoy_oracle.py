@@ -110,11 +110,14 @@ class LoopbackBackend:
         self.thread.join(timeout=5)
 
 
-def bootstrap(route_configs: Iterable[Mapping[str, Any]], clusters: Iterable[str],
+def bootstrap(route_configs: Mapping[str, Mapping[str, Any]], clusters: Iterable[str],
               backend_port: int, access_log: Path) -> dict[str, Any]:
-    """A static bootstrap: one listener per route config (port 0), STATIC clusters."""
+    """A static bootstrap: one listener per route config (port 0), STATIC clusters.
+
+    ``route_configs`` maps a key (unique; listener ``listener_<key>``) to a route config.
+    """
     listeners = []
-    for rc in route_configs:
+    for key, rc in route_configs.items():
         rc = {k: v for k, v in rc.items() if k != "@type"}
         hcm = {
             "@type": "type.googleapis.com/envoy.extensions.filters.network."
@@ -138,7 +141,7 @@ def bootstrap(route_configs: Iterable[Mapping[str, Any]], clusters: Iterable[str
             }],
         }
         listeners.append({
-            "name": f"listener_{rc['name']}",
+            "name": f"listener_{key}",
             "address": {"socket_address": {"address": LOOPBACK, "port_value": 0}},
             "filter_chains": [{"filters": [{
                 "name": "envoy.filters.network.http_connection_manager",
@@ -165,10 +168,10 @@ def start_envoy(config: Mapping[str, Any], workdir: Path) -> EnvoyProcess:
     return EnvoyProcess(config, workdir, extra_args=["--file-flush-interval-msec", "100"])
 
 
-def listener_ports(envoy: EnvoyProcess, route_configs: Iterable[str]) -> dict[str, int]:
-    """Route config name -> the loopback port of its listener (bound by Envoy on port 0)."""
+def listener_ports(envoy: EnvoyProcess, keys: Iterable[str]) -> dict[str, int]:
+    """Route config key -> the loopback port of its listener (bound by Envoy on port 0)."""
     out: dict[str, int] = {}
-    for name in route_configs:
+    for name in keys:
         port = envoy.listener_port(f"listener_{name}")
         if port is None:
             raise RuntimeError(f"Envoy has no active listener for route config {name!r}")

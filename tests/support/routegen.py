@@ -517,3 +517,42 @@ class _Gen:
 def generate(seed: int) -> GeneratedConfig:
     """The route config and requests for ``seed`` (same seed, same output)."""
     return _Gen(seed).generate()
+
+
+def boundary_paths(match: dict[str, Any]) -> list[str]:
+    """Paths just inside and just outside an Envoy route match (any config, not only ours)."""
+    for kind in ("prefix", "path", "path_separated_prefix"):
+        if kind in match:
+            p = str(match[kind])
+            t = p.rstrip("/")
+            out = [p, f"{p}?a=1", _flip_case(p), f"{p}x", f"{t}/x", f"{t}/"]
+            if len(p) > 1:
+                out.append(p[:-1])
+            return list(dict.fromkeys(out))
+    if "safe_regex" in match:
+        regex = str(match["safe_regex"].get("regex", ""))
+        for pattern, good, bad in REGEX_TEMPLATES:
+            if pattern == regex:
+                return [*good, *bad]
+    return ["/", "/x"]
+
+
+def boundary_requests(route_config: dict[str, Any]) -> list[GeneratedRequest]:
+    """Requests around every route of ``route_config`` for every domain form of its host.
+
+    For real configs (the Istio dumps): each route's boundary paths, sent with each virtual
+    host's domains and their near misses (case flip, port toggled), plus unknown hosts.
+    """
+    gen = _Gen(0)
+    out: list[GeneratedRequest] = []
+    for vh in route_config.get("virtual_hosts", []):
+        domains = [str(d) for d in vh.get("domains", [])]
+        probes = gen.authority_probes(domains, 80)
+        for i, r in enumerate(vh.get("routes", [])):
+            tag = r.get("name") or f"{vh.get('name')}/#{i}"
+            for path in boundary_paths(r.get("match", {})):
+                for host, note in probes:
+                    out.append(GeneratedRequest("GET", host, path, {}, f"{tag}: {note} {path}"))
+    for host in UNKNOWN_HOSTS:
+        out.append(GeneratedRequest("GET", host, "/", {}, "unknown host"))
+    return out
