@@ -37,6 +37,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any as AnyType
+from typing import TypeVar
 
 import grpc
 import yaml
@@ -66,6 +67,7 @@ from translator.resources import (
 )
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # Types whose SotW responses always carry every resource (Envoy's xds_protocol doc).
 FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER})
@@ -379,7 +381,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._streams: set[_Stream] = set()
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._event_added: asyncio.Event | None = None
+        self._changed: asyncio.Event | None = None
         self._lock = threading.Lock()
         if resources is None:
             # Nothing to serve yet: every type empty at version "0" (not a pushed version).
@@ -452,7 +454,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if self._server is not None:
             raise RuntimeError("AdsServer already started")
         self._loop = asyncio.get_running_loop()
-        self._event_added = asyncio.Event()
+        self._changed = asyncio.Event()
         server = grpc.aio.server()
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
         bound = server.add_insecure_port(f"{_bracket(host)}:{port}")
@@ -486,8 +488,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         else:
             log.warning("%s %s %s from node %r version %r nonce %s: %s", variant, kind, short,
                         ev.node_id, ev.version, ev.nonce, ev.error_detail)
-        if self._event_added is not None:
-            self._event_added.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
 
     async def wait_for(self, predicate: Callable[[AckEvent], bool], timeout: float) -> AckEvent:
         """The first event (already received or arriving within ``timeout`` s) that matches.
@@ -495,24 +500,36 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         Past events count, so a fast client cannot race the caller; put the version or
         nonce into ``predicate`` to wait for a specific response.
         """
+        return await self._wait(self.events, predicate, timeout, "xDS ACK/NACK", _describe)
+
+    async def wait_for_request(
+        self, predicate: Callable[[DiscoveryRequest | DeltaDiscoveryRequest], bool],
+        timeout: float, start: int = 0,
+    ) -> DiscoveryRequest | DeltaDiscoveryRequest:
+        """The first received request from index ``start`` of ``requests`` that matches."""
+        return await self._wait(self.requests, predicate, timeout, "xDS request",
+                                lambda r: f"{r.type_url.rsplit('.', 1)[-1]} "
+                                          f"nonce={r.response_nonce!r}", start)
+
+    async def _wait(self, items: list[_T], predicate: Callable[[_T], bool], timeout: float,
+                    what: str, describe: Callable[[_T], str], start: int = 0) -> _T:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        seen = 0
+        seen = start
         while True:
-            for ev in self.events[seen:]:
-                if predicate(ev):
-                    return ev
-            seen = len(self.events)
+            for item in items[seen:]:
+                if predicate(item):
+                    return item
+            seen = max(seen, len(items))
             remaining = deadline - loop.time()
             if remaining <= 0:
-                recent = "; ".join(_describe(e) for e in self.events[-8:]) or "none"
-                raise TimeoutError(f"no matching xDS ACK/NACK within {timeout}s "
-                                   f"(last events: {recent})")
-            if self._event_added is None:
-                self._event_added = asyncio.Event()
-            self._event_added.clear()
+                recent = "; ".join(describe(i) for i in items[-8:]) or "none"
+                raise TimeoutError(f"no matching {what} within {timeout}s (last: {recent})")
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            self._changed.clear()
             try:
-                await asyncio.wait_for(self._event_added.wait(), remaining)
+                await asyncio.wait_for(self._changed.wait(), remaining)
             except TimeoutError:
                 pass
 
@@ -546,6 +563,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             try:
                 async for req in request_iterator:
                     self.requests.append(req)
+                    self._notify()
                     stream.queue.put_nowait(req)
             except (asyncio.CancelledError, grpc.aio.AioRpcError):
                 pass

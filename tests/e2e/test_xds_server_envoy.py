@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from integration.xds_server import AckEvent, AdsServer
+from integration.xds_server import AckEvent, AdsServer, pack
 from tests.support.backends import Backend
 from tests.support.envoy import EnvoyProcess, ads_bootstrap, poll_until
 from translator.resources import (
@@ -158,3 +158,70 @@ def _route_version(dump: dict[str, Any], name: str) -> str | None:
 
 async def _to_thread(fn: Any, *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_envoy_nack_logged_and_reconnect_resubscribes(tmp_path: Path, delta: bool,
+                                                            caplog: pytest.LogCaptureFixture
+                                                            ) -> None:
+    """Envoy NACKs duplicate clusters (detail recorded and logged) and keeps routing;
+    after drop_streams it reconnects and resubscribes with the versions it holds."""
+    node = f"envoy-nack-{'delta' if delta else 'sotw'}"
+    with Backend("backend-a") as a:
+        good = envoy_config({"backend_a": a.port}, route_to="backend_a")
+        server = AdsServer(good)
+        xds_port = await server.start()
+        envoy = EnvoyProcess(ads_bootstrap(node, xds_port, delta=delta), tmp_path,
+                             wait_ready=False)
+        try:
+            await _to_thread(envoy.start)
+            v1 = _type_version(server, CLUSTER)
+            await server.wait_for(acked(CLUSTER, v1, node), WAIT_S)
+            await _to_thread(envoy.wait_ready, WAIT_S)
+            port = await _to_thread(poll_until, lambda: envoy.listener_port("ingress"),
+                                    WAIT_S, "listener ingress bound")
+
+            # Two clusters with one name: Envoy must reject the update and say why.
+            [cluster] = good.clusters.values()
+            twin = type(cluster)()
+            twin.CopyFrom(cluster)
+            twin.connect_timeout.seconds = 7
+            bad_version = server.set_raw(CLUSTER, [pack(cluster), pack(twin)])
+            nack = await server.wait_for(
+                lambda e: e.type_url == CLUSTER and not e.ack and e.node_id == node, WAIT_S)
+            assert nack.error_detail and "duplicate" in nack.error_detail.lower()
+            assert nack.delta is delta
+            if not delta:
+                assert nack.version == v1  # SotW: a NACK carries the last good version
+            else:
+                assert nack.version == bad_version  # delta: the version of the rejected response
+            assert any("NACK" in r.getMessage() and node in r.getMessage()
+                       and nack.error_detail in r.getMessage() for r in caplog.records)
+            # Envoy's own counters agree: one CDS update rejected.
+            assert await _to_thread(envoy.stat, "cluster_manager.cds.update_rejected") == 1
+            status, who, _ = await _to_thread(get, port)
+            assert (status, who) == (200, "backend-a")  # last good config still serves
+
+            # Back to good, then kill the streams: Envoy reconnects and tells what it has.
+            v3 = server.set_resources(good)
+            await server.wait_for(lambda e: e.type_url == CLUSTER and e.ack
+                                  and e.node_id == node and e.nonce != nack.nonce
+                                  and (delta or e.version == v3), WAIT_S)
+            acks_before, mark = len(server.events), len(server.requests)
+            server.drop_streams()
+            resub = await server.wait_for_request(
+                lambda r: r.type_url == CLUSTER and not r.response_nonce, WAIT_S, start=mark)
+            if delta:
+                assert dict(resub.initial_resource_versions) == {
+                    e.name: e.version for e in server.snapshot.get(CLUSTER).entries}
+            else:
+                assert resub.version_info == server.snapshot.get(CLUSTER).version
+            # The new stream's responses are ACKed again, and traffic never stopped.
+            await server.wait_for(lambda e: e.type_url == CLUSTER and e.ack
+                                  and e.node_id == node
+                                  and server.events.index(e) >= acks_before, WAIT_S)
+            status, who, _ = await _to_thread(get, port)
+            assert (status, who) == (200, "backend-a")
+        finally:
+            envoy.stop()
+            await server.stop()
