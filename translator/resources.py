@@ -197,7 +197,8 @@ def parse_resource(obj: Mapping[str, Any], where: str = "",
     label = where or type_url.rsplit(".", 1)[-1]
     name = obj.get("name") or obj.get("cluster_name") or obj.get("clusterName")
     if name:
-        label = f"{label} {msg_class.DESCRIPTOR.name} {name!r}"
+        kind_and_name = f"{msg_class.DESCRIPTOR.name} {name!r}"
+        label = f"{where} {kind_and_name}" if where else kind_and_name
     return parse_message(obj, msg_class, label, unknown)
 
 
