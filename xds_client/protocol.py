@@ -152,6 +152,7 @@ class _TypeState:
     sent: bool = False
     sent_names: set[str] = field(default_factory=set)
     sent_wildcard: bool = False
+    sent_star: bool = False  # delta: "*" named explicitly (not the legacy empty list)
     acks: int = 0
     nacks: int = 0
     last_nack: str | None = None
@@ -248,7 +249,8 @@ class AdsProtocol:
         if self.delta:
             add = wanted - st.sent_names
             drop = st.sent_names - wanted
-            if st.wildcard and not st.sent_wildcard:
+            # A legacy (empty-list) wildcard ends once names are named, so keep it with "*".
+            if st.wildcard and (not st.sent_wildcard or (add and not st.sent_star)):
                 add.add("*")
             if st.sent_wildcard and not st.wildcard:
                 drop.add("*")
@@ -256,6 +258,7 @@ class AdsProtocol:
                 return []
             st.sent_names = set(wanted)
             st.sent_wildcard = st.wildcard
+            st.sent_star = st.wildcard and (st.sent_star or "*" in add)
             return [discovery_pb2.DeltaDiscoveryRequest(
                 type_url=st.type_url,
                 resource_names_subscribe=sorted(add),
@@ -287,6 +290,7 @@ class AdsProtocol:
             st.sent = False
             st.sent_names = set()
             st.sent_wildcard = False
+            st.sent_star = False
             st.timers.clear()
             st.init_deadline = None
 
@@ -308,6 +312,7 @@ class AdsProtocol:
                 names.add("*")
             st.sent_names = set(wanted)
             st.sent_wildcard = st.wildcard
+            st.sent_star = "*" in names
             req = discovery_pb2.DeltaDiscoveryRequest(
                 type_url=st.type_url,
                 resource_names_subscribe=sorted(names),

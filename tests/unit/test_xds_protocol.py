@@ -397,3 +397,26 @@ def test_referenced_name_under_wildcard_still_gets_does_not_exist() -> None:
     assert not core.synced()
     assert DoesNotExist(CLUSTER_LOAD_ASSIGNMENT, "svc") in core.tick(6.0)
     assert core.synced()
+
+
+def test_delta_legacy_wildcard_keeps_star_when_names_are_added() -> None:
+    core, reqs = started(delta=True, wildcard=(CLUSTER, CLUSTER_LOAD_ASSIGNMENT))
+    eds_first = next(r for r in reqs if r.type_url == CLUSTER_LOAD_ASSIGNMENT)
+    assert list(eds_first.resource_names_subscribe) == []  # legacy wildcard
+    out = core.receive(delta_resp(CLUSTER, "s1", "n1", {"svc": cluster("svc")}), 1.0)
+    [sub] = [r for r in out.requests if r.type_url == CLUSTER_LOAD_ASSIGNMENT]
+    assert sorted(sub.resource_names_subscribe) == ["*", "svc"]
+    out = core.receive(delta_resp(CLUSTER, "s2", "n2", {"svc": cluster("svc"),
+                                                        "svc2": cluster("svc2")}), 2.0)
+    [sub] = [r for r in out.requests if r.type_url == CLUSTER_LOAD_ASSIGNMENT]
+    assert list(sub.resource_names_subscribe) == ["svc2"]  # "*" already named
+
+
+def test_initial_fetch_timeout_releases_held_changes() -> None:
+    core, _ = started(timeout=5.0)
+    evs = core.receive(sotw(CLUSTER, "c1", "n1", cluster("s", eds=False)), 1.0).events
+    assert evs == []  # LDS has not answered yet
+    assert core.tick(4.9) == []
+    evs = core.tick(5.0)  # the initial fetch of LDS gave up: deliver what we have
+    assert [c.type_url for c in changes(evs)] == [CLUSTER]
+    assert core.status()[LISTENER].initialized
