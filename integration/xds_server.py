@@ -364,8 +364,9 @@ _WAKE = object()
 class _Stream:
     """Glue between one gRPC stream and its state machine."""
 
-    def __init__(self, delta: bool) -> None:
+    def __init__(self, delta: bool, number: int) -> None:
         self.delta = delta
+        self.number = number
         self.queue: asyncio.Queue[AnyType] = asyncio.Queue()
 
 
@@ -375,6 +376,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self, resources: ResourceSet | None = None) -> None:
         self.events: list[AckEvent] = []
         self.requests: list[DiscoveryRequest | DeltaDiscoveryRequest] = []
+        # request_streams[i]: the number (1, 2, ...) of the stream that carried requests[i],
+        # so a test can tell a late ACK on a dropped stream from a resubscription.
+        self.request_streams: list[int] = []
+        self.streams_opened = 0
         self._counter = itertools.count(1)
         self._nonces = itertools.count(1)
         self._snapshot = Snapshot(version="")
@@ -455,7 +460,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             raise RuntimeError("AdsServer already started")
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
-        server = grpc.aio.server()
+        # No SO_REUSEPORT: a second server on a busy port must fail, not split the clients.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
         bound = server.add_insecure_port(f"{_bracket(host)}:{port}")
         if bound == 0:
@@ -556,13 +562,15 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         # A coroutine handler writing with context.write (not an async generator): grpc can
         # cancel it cleanly at any await.
         delta = isinstance(state, DeltaStreamState)
-        stream = _Stream(delta)
+        self.streams_opened += 1
+        stream = _Stream(delta, self.streams_opened)
         self._streams.add(stream)
 
         async def read() -> None:
             try:
                 async for req in request_iterator:
                     self.requests.append(req)
+                    self.request_streams.append(stream.number)
                     self._notify()
                     stream.queue.put_nowait(req)
             except (asyncio.CancelledError, grpc.aio.AioRpcError):

@@ -211,6 +211,8 @@ async def test_envoy_nack_logged_and_reconnect_resubscribes(tmp_path: Path, delt
             server.drop_streams()
             resub = await server.wait_for_request(
                 lambda r: r.type_url == CLUSTER and not r.response_nonce, WAIT_S, start=mark)
+            assert server.streams_opened == 2
+            assert server.request_streams[len(server.requests) - 1] == 2
             if delta:
                 assert dict(resub.initial_resource_versions) == {
                     e.name: e.version for e in server.snapshot.get(CLUSTER).entries}

@@ -317,6 +317,16 @@ async def test_cli_rejects_bad_arguments_and_bad_initial_config(tmp_path: Path) 
     bad.write_text('{"@type": "' + LISTENER + '", "name": "l", "adress": {}}')
     rc, text = await run_cli("--config", str(bad), "--port", "0")
     assert rc == 1 and "bad.json" in text and 'no field named "adress"' in text
+    # A busy port is an error, not a second server sharing it (no SO_REUSEPORT).
+    busy = AdsServer()
+    port = await busy.start()
+    try:
+        good = tmp_path / "good.json"
+        good.write_text(json.dumps({"@type": ROUTE_CONFIGURATION, "name": "r"}))
+        rc, text = await run_cli("--config", str(good), "--port", str(port))
+        assert rc == 1 and f"cannot listen on 127.0.0.1:{port}" in text
+    finally:
+        await busy.stop()
 
 
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
