@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_pb2
@@ -210,3 +211,14 @@ def test_snapshot_versions_move_only_for_changed_types() -> None:
     assert server.snapshot.get(CLUSTER).version == before[CLUSTER]
     assert server.snapshot.get(ROUTE_CONFIGURATION).version == v2 != before[ROUTE_CONFIGURATION]
     assert AdsServer().version == "0"
+
+
+async def test_wait_for_sees_past_events_and_times_out_with_context() -> None:
+    server = AdsServer(resources({"a": "1"}))
+    ev = AckEvent(CLUSTER, "n", "1", "n1", True, None, False)
+    server._record(ev)
+    assert await server.wait_for(lambda e: e.node_id == "n", 0.01) is ev
+    with pytest.raises(TimeoutError, match=r"no matching xDS ACK/NACK within 0.05s .*ACK Cluster"):
+        await server.wait_for(lambda e: e.node_id == "other", 0.05)
+    with pytest.raises(TimeoutError, match="no matching xDS request"):
+        await server.wait_for_request(lambda r: True, 0.02)
