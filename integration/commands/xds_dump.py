@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import base64
 import json
-import socket
 import sys
 from typing import Any
 
@@ -27,6 +26,7 @@ from xds_client import (
     LISTENER,
     ROUTE_CONFIGURATION,
     XdsClient,
+    istio_node,
     make_node,
 )
 from xds_client.client import ClientStatus
@@ -51,9 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delta", action="store_true",
                         help="use the incremental (delta) ADS variant instead of SotW")
     parser.add_argument("--node-id", default=None, metavar="ID",
-                        help="node id to present (default: sockmesh-xds-dump~HOSTNAME)")
+                        help="node id to present (default: an Istio sidecar id, "
+                             "sidecar~IP~sockmesh-xds-dump.NS~NS.svc.cluster.local, with the "
+                             "node metadata istiod expects; other servers accept it too)")
+    parser.add_argument("--namespace", default="default", metavar="NS",
+                        help="namespace for the default Istio node id (default)")
+    parser.add_argument("--ip", default="127.0.0.1",
+                        help="workload IP for the default Istio node id (127.0.0.1)")
     parser.add_argument("--node-cluster", default="sockmesh", metavar="NAME",
-                        help="node cluster to present (sockmesh)")
+                        help="node cluster to present with --node-id (sockmesh)")
     parser.add_argument("--timeout", type=float, default=15.0, metavar="S",
                         help="give up after S seconds (15)")
     parser.add_argument("--missing-after", type=float, default=None, metavar="S",
@@ -147,12 +153,15 @@ def _describe_missing(status: ClientStatus) -> str:
 
 async def dump(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
     """Run the subscription; returns (exit code, config dump or None)."""
-    node_id = args.node_id or f"sockmesh-xds-dump~{socket.gethostname()}"
     missing_after = args.missing_after
     if missing_after is None:
         missing_after = min(15.0, max(0.1, args.timeout / 2))
+    if args.node_id:
+        node = make_node(args.node_id, args.node_cluster)
+    else:
+        node = istio_node(args.ip, "sockmesh-xds-dump", args.namespace)
     client = XdsClient(
-        args.server, make_node(node_id, args.node_cluster), delta=args.delta,
+        args.server, node, delta=args.delta,
         does_not_exist_timeout=missing_after, ca_file=args.ca_file,
         token_file=args.token_file, server_name=args.server_name,
         backoff_max=min(2.0, args.timeout / 4),

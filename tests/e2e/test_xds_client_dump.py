@@ -76,6 +76,21 @@ async def test_all_four_types_with_references(delta: bool) -> None:
     assert types == ["ListenersConfigDump", "ClustersConfigDump", "EndpointsConfigDump",
                      "RoutesConfigDump"]
     same_resources(original, parse_config_dump(doc))
+    # the default node is an Istio sidecar identity (what istiod insists on)
+    assert {e.node_id for e in server.events} == {
+        "sidecar~127.0.0.1~sockmesh-xds-dump.default~default.svc.cluster.local"}
+
+
+async def test_node_id_option(capsys: pytest.CaptureFixture[str]) -> None:
+    server = AdsServer(ResourceSet())
+    port = await server.start()
+    try:
+        code, doc = await xds_dump.dump(dump_args(port, False, node_id="my-node"))
+    finally:
+        await server.stop()
+    assert code == 0 and doc is not None
+    assert all(not v for c in doc["configs"] for v in c.values() if isinstance(v, list))
+    assert {e.node_id for e in server.events} == {"my-node"}
 
 
 def _free_port() -> int:
