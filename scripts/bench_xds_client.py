@@ -40,6 +40,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import wrappers_pb2
 
+from integration.commands.xds_dump import translator_validator
 from integration.xds_server import AdsServer
 from translator.resources import ResourceSet
 from xds_client import (
@@ -212,11 +213,12 @@ def istio_sized() -> ResourceSet:
     return rs
 
 
-async def one_round(rs: ResourceSet, delta: bool) -> dict[str, float]:
+async def one_round(rs: ResourceSet, delta: bool, validate: bool) -> dict[str, float]:
     server = AdsServer(rs)
     port = await server.start()
     node = istio_node("10.0.0.1", "bench-0", "default", labels={"app": "bench"})
-    client = XdsClient(f"127.0.0.1:{port}", node, delta=delta)
+    client = XdsClient(f"127.0.0.1:{port}", node, delta=delta,
+                       validator=translator_validator if validate else None)
     first: list[float] = []
     receive = client.core.receive
 
@@ -248,9 +250,10 @@ async def one_round(rs: ResourceSet, delta: bool) -> dict[str, float]:
             "first_to_all_acked_at_server": acked - first[0]}
 
 
-def core_only(rs: ResourceSet, delta: bool) -> float:
+def core_only(rs: ResourceSet, delta: bool, validate: bool) -> float:
     """Decode + validate + ACK of the whole snapshot in the protocol core, no network."""
-    core = AdsProtocol(istio_node("10.0.0.1", "bench-0", "default"), delta=delta)
+    core = AdsProtocol(istio_node("10.0.0.1", "bench-0", "default"), delta=delta,
+                       validator=translator_validator if validate else None)
     core.subscribe(LISTENER, None, 0.0)
     core.subscribe(CLUSTER, None, 0.0)
     core.stream_started(0.0)
@@ -281,22 +284,27 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--variant", choices=("sotw", "delta", "both"), default="both")
+    ap.add_argument("--validate", action="store_true",
+                    help="also run the translator's per-resource validation (as the agent will)")
     args = ap.parse_args()
     t = time.perf_counter()
     rs = istio_sized()
     sizes = {t: len(rs.by_type(t)) for t in TYPES}
     wire = sum(m.ByteSize() for _, _, m in rs.items())
+    if args.validate:
+        print("with the translator's validation of every resource")
     print(f"snapshot: {len(rs)} resources "
           f"(CDS {sizes[CLUSTER]}, EDS {sizes[CLUSTER_LOAD_ASSIGNMENT]}, "
           f"LDS {sizes[LISTENER]}, RDS {sizes[ROUTE_CONFIGURATION]}), "
           f"{wire / 1e6:.1f} MB serialized, built in {time.perf_counter() - t:.1f} s")
     variants = ["sotw", "delta"] if args.variant == "both" else [args.variant]
     for v in variants:
-        core_times = [core_only(rs, v == "delta") for _ in range(args.rounds)]
+        core_times = [core_only(rs, v == "delta", args.validate) for _ in range(args.rounds)]
         print(f"{v:5s} core only (decode+validate+ACK, no network): "
               f"median {statistics.median(core_times) * 1000:.0f} ms "
               f"(min {min(core_times) * 1000:.0f})")
-        results = [asyncio.run(one_round(rs, v == "delta")) for _ in range(args.rounds)]
+        results = [asyncio.run(one_round(rs, v == "delta", args.validate))
+                   for _ in range(args.rounds)]
         for key in ("first_to_synced", "first_to_all_acked_at_server"):
             vals = [r[key] for r in results]
             print(f"{v:5s} {key}: median {statistics.median(vals):.3f} s "

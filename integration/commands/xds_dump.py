@@ -14,11 +14,13 @@ import asyncio
 import base64
 import json
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import any_pb2, symbol_database
 from google.protobuf.message import Message
 
+from translator import validate_resource
 from translator.resources import TYPED_STRUCT, _known_type, to_json
 from xds_client import (
     CLUSTER,
@@ -68,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--referenced-only", action="store_true",
                         help="fetch only route configs and endpoints that listeners and "
                              "clusters refer to (no wildcard RDS/EDS)")
+    parser.add_argument("--validate", action="store_true",
+                        help="check each response with sockmesh's translator and NACK what "
+                             "sockmesh would reject (the reason goes to the server and stderr)")
     parser.add_argument("--ca-file", default=None, help="TLS: CA bundle to verify the server")
     parser.add_argument("--token-file", default=None,
                         help="send 'authorization: Bearer <token>' read from this file")
@@ -142,6 +147,13 @@ def config_dump(snapshot: Snapshot) -> dict[str, Any]:
     return {"configs": configs}
 
 
+def translator_validator(type_url: str, resources: Mapping[str, Message]) -> None:
+    """The xDS client's validator hook backed by the translator: the first resource it
+    rejects makes the whole response a NACK, its message the error_detail."""
+    for msg in resources.values():
+        validate_resource(type_url, msg)
+
+
 def _describe_missing(status: ClientStatus) -> str:
     parts = []
     for type_url, st in status.types.items():
@@ -162,6 +174,7 @@ async def dump(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
         node = istio_node(args.ip, "sockmesh-xds-dump", args.namespace)
     client = XdsClient(
         args.server, node, delta=args.delta,
+        validator=translator_validator if args.validate else None,
         does_not_exist_timeout=missing_after, ca_file=args.ca_file,
         token_file=args.token_file, server_name=args.server_name,
         backoff_max=min(2.0, args.timeout / 4),

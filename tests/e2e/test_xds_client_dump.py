@@ -124,3 +124,27 @@ async def test_silent_server_times_out(capsys: pytest.CaptureFixture[str]) -> No
         await srv.wait_closed()
     assert code != 0 and doc is None
     assert "within 0.5 s" in capsys.readouterr().err
+
+
+@VARIANTS
+async def test_validate_with_translator_nacks_what_sockmesh_rejects(
+        delta: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.e2e.test_xds_client import config, route
+
+    bad = config()
+    bad.route_configs["r80"] = route("r80", "svc-a", regex="(unclosed")
+    server = AdsServer(bad)
+    port = await server.start()
+    try:
+        code, doc = await xds_dump.dump(dump_args(port, delta, validate=True))
+        nacks = [e for e in server.events if not e.ack]
+    finally:
+        await server.stop()
+    assert code != 0 and doc is not None
+    assert nacks and {e.type_url for e in nacks} == {
+        "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"}
+    assert "r80" in (nacks[0].error_detail or "")
+    assert "rejected RDS" in capsys.readouterr().err
+    # the rejected response is not in the dump; everything else is
+    got = parse_config_dump(doc)
+    assert "r80" not in got.route_configs and set(got.clusters) == {"svc-a", "svc-b"}
