@@ -41,7 +41,6 @@ from typing import TypeVar
 
 import grpc
 import yaml
-from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.discovery.v3.discovery_pb2 import (
     DeltaDiscoveryRequest,
@@ -172,10 +171,6 @@ def entries_from_set(resources: ResourceSet, type_url: str) -> tuple[Entry, ...]
 AckCallback = Callable[[AckEvent], None]
 
 
-def _node_id(node: base_pb2.Node | None) -> str:
-    return node.id if node is not None else ""
-
-
 @dataclass
 class _SotwTypeState:
     names: frozenset[str] = frozenset()
@@ -201,9 +196,11 @@ class SotwStreamState:
             self.node_id = req.node.id
         type_url = req.type_url
         names = frozenset(req.resource_names)
-        # An explicit "*" or no names at all asks for everything (legacy wildcard).
-        wildcard = type_url in FULL_STATE_TYPES or not names or "*" in names
         st = self.types.get(type_url)
+        # "*" asks for everything; so does an empty first request (legacy wildcard), but an
+        # empty list after named subscriptions means "none any more" (xds_protocol doc).
+        wildcard = (type_url in FULL_STATE_TYPES or "*" in names
+                    or (not names and (st is None or st.wildcard)))
         if st is None:
             if req.response_nonce:
                 # A nonce from an earlier stream (or another server): a new subscription.
@@ -217,9 +214,12 @@ class SotwStreamState:
         if req.response_nonce:
             nack = req.HasField("error_detail")
             detail = req.error_detail.message if nack else None
-            self._emit(AckEvent(type_url, self.node_id, req.version_info, req.response_nonce,
-                                not nack, detail, False))
+            self._on_ack(AckEvent(type_url, self.node_id, req.version_info, req.response_nonce,
+                                  not nack, detail, False))
         st.names, st.wildcard = names - {"*"}, wildcard
+        if not st.wildcard and not st.names:
+            st.sent_names, st.sent_wildcard = st.names, st.wildcard
+            return []  # unsubscribed from everything: nothing to send
         if st.names != st.sent_names or st.wildcard != st.sent_wildcard:
             return self._respond(type_url, st, snap)
         return []
@@ -229,7 +229,8 @@ class SotwStreamState:
         out: list[DiscoveryResponse] = []
         for type_url in sorted(self.types, key=_push_rank):
             st = self.types[type_url]
-            if snap.get(type_url).version != st.sent_version:
+            subscribed = st.wildcard or st.names
+            if subscribed and snap.get(type_url).version != st.sent_version:
                 out.extend(self._respond(type_url, st, snap))
         return out
 
@@ -247,9 +248,6 @@ class SotwStreamState:
         resp = DiscoveryResponse(version_info=ts.version, type_url=type_url, nonce=st.nonce,
                                  resources=[e.resource for e in entries])
         return [resp]
-
-    def _emit(self, ev: AckEvent) -> None:
-        self._on_ack(ev)
 
 
 @dataclass
@@ -331,7 +329,7 @@ class DeltaStreamState:
             # Duplicates of one name all go out: a client must see (and reject) them.
             send.extend(discovery_pb2.Resource(name=e.name, version=e.version, resource=e.resource)
                         for e in group)
-        removed = sorted(n for n in st.known if n not in by_name
+        removed = sorted(n for n in st.known if n and n not in by_name
                          and (st.wildcard or n in st.names))
         for n in removed:
             del st.known[n]

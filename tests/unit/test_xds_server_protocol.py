@@ -137,6 +137,18 @@ def test_sotw_rds_eds_filtered_by_names_and_name_change_answered() -> None:
     assert names(c) == ["a", "b"]
 
 
+def test_sotw_empty_names_after_named_means_unsubscribed() -> None:
+    h = Harness(resources({"a": "1"}, routes=("r1", "r2")))
+    [r1] = h.req(type_url=ROUTE_CONFIGURATION, resource_names=["r1"])
+    assert names(r1) == ["r1"]
+    # Not a legacy wildcard any more: nothing is sent, now or on a change.
+    assert h.req(type_url=ROUTE_CONFIGURATION, resource_names=[], version_info=r1.version_info,
+                 response_nonce=r1.nonce) == []
+    assert h.push(resources({"a": "1"}, routes=("r1", "r2", "r3"))) == []
+    [r2] = h.req(type_url=ROUTE_CONFIGURATION, resource_names=["*"])
+    assert names(r2) == ["r1", "r2", "r3"]
+
+
 def test_sotw_push_order_clusters_before_listeners() -> None:
     h = Harness(resources({"a": "1"}, routes=("r",)))
     for t in (ROUTE_CONFIGURATION, LISTENER, CLUSTER_LOAD_ASSIGNMENT, CLUSTER):
