@@ -116,7 +116,7 @@ def bootstrap(route_configs: Mapping[str, Mapping[str, Any]], clusters: Iterable
 
     ``route_configs`` maps a key (unique; listener ``listener_<key>``) to a route config.
     """
-    listeners = []
+    listeners: list[dict[str, Any]] = []
     for key, rc in route_configs.items():
         rc = {k: v for k, v in rc.items() if k != "@type"}
         hcm = {

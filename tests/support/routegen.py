@@ -70,11 +70,20 @@ class GeneratedRequest:
     path: str
     headers: dict[str, str] = field(default_factory=dict)
     note: str = ""
+    # sent after ``headers``; may repeat a name (Envoy joins repeated values with ",")
+    extra_headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def header_pairs(self) -> list[tuple[str, str]]:
+        """Every header in wire order."""
+        return [*self.headers.items(), *self.extra_headers]
 
     def to_dict(self) -> dict[str, Any]:
         """The explain ``--requests`` line for this request."""
+        headers: Any = dict(self.headers)
+        if self.extra_headers:
+            headers = [list(p) for p in self.header_pairs()]
         return {"method": self.method, "authority": self.authority, "path": self.path,
-                "headers": dict(self.headers)}
+                "headers": headers}
 
 
 @dataclass
@@ -186,6 +195,7 @@ class _Gen:
                 out.append((d, "domain"))
                 out.append((_flip_case(d), "domain case flip"))
                 out.append((host if p else f"{d}:{port}", "port toggled"))
+                out.append((f"{host}.:{p}" if p else f"{d}.", "trailing dot"))
                 if p:
                     out.append((f"{host}:{int(p) + 1}", "other port"))
         return out
@@ -216,12 +226,12 @@ class _Gen:
         kind = self.rng.choice(("prefix", "prefix", "path", "path_separated_prefix",
                                 "safe_regex"))
         if kind == "safe_regex":
-            regex, good, bad = self.rng.choice(REGEX_TEMPLATES)
+            regex, rgood, rbad = self.rng.choice(REGEX_TEMPLATES)
             m: dict[str, Any] = {"safe_regex": {"regex": regex}}
             if self.rng.random() < 0.3:
                 m["case_sensitive"] = False  # Envoy ignores it for regex: a boundary
-            return m, list(good), [(b, "regex miss") for b in bad] + [
-                (_flip_case(good[0]), "regex case flip")], kind
+            return m, list(rgood), [(b, "regex miss") for b in rbad] + [
+                (_flip_case(rgood[0]), "regex case flip")], kind
         base = self.rng.choice(PATH_BASES)
         if kind == "path_separated_prefix" and base == "/":
             base = "/api"
@@ -229,6 +239,8 @@ class _Gen:
         if self.rng.random() < 0.3:
             m["case_sensitive"] = False
         trimmed = base.rstrip("/")
+        good: list[str]
+        near: list[tuple[str, str]]
         if kind == "prefix":
             good = [base, f"{trimmed}/x", f"{base}x", f"{base}?a=1"]
             near = [(_flip_case(base), "case flip")]
@@ -247,8 +259,19 @@ class _Gen:
     def string_cond(self, name: str, *, header: bool) -> _Cond:
         """A header or query condition of a random kind and form."""
         rng = self.rng
-        kind = rng.choice(("exact", "prefix", "suffix", "contains", "regex", "present"))
+        breaks: list[tuple[str | None, str]]
+        kinds = ("exact", "prefix", "suffix", "contains", "regex", "present")
+        kind = rng.choice((*kinds, "range") if header else kinds)
         value = rng.choice(HEADER_VALUES)
+        if kind == "range":
+            lo = rng.randint(-5, 10)
+            hi = lo + rng.randint(1, 20)
+            breaks = [
+                (str(hi), "range end (exclusive)"), (str(lo - 1), "below range"),
+                ("abc", "not a number"), (f" {lo} ", "number with spaces"),
+                (f"+{lo}", "number with sign"), (None, "absent")]
+            envoy_r: dict[str, Any] = {"name": name, "range_match": {"start": lo, "end": hi}}
+            return _Cond(envoy_r, name, str(lo), breaks)
         ignore_case = kind != "present" and kind != "regex" and rng.random() < 0.3
         if kind == "exact":
             sat, breaks = value, [(value + "x", "value one char more")]
@@ -263,12 +286,14 @@ class _Gen:
             value, sat = regex, rng.choice(good)
             breaks = [(b, "regex miss") for b in bad]
         else:
-            sat, breaks = rng.choice(HEADER_VALUES), []
+            sat, breaks = rng.choice(HEADER_VALUES), [("", "present but empty")]
         if kind != "present":
             flipped = _flip_case(sat)
             breaks.append((flipped, "value case flip"))  # satisfies when ignore_case
         breaks.append((None, "absent"))
-        envoy: dict[str, Any] = {"name": name}
+        # Envoy compares header names case-insensitively, whatever case the config uses
+        envoy: dict[str, Any] = {"name": name.title() if header and rng.random() < 0.1
+                                 else name}
         old_form = header and not ignore_case and rng.random() < 0.4
         if kind == "present":
             envoy["present_match"] = True
@@ -286,11 +311,11 @@ class _Gen:
             envoy["invert_match"] = True
             # inverted: a break satisfies it; keep the first break as the satisfying value
             new_sat = breaks[0][0] if kind != "present" else None
-            breaks = [(sat, "inverted: original value")] + [
-                (v, n) for v, n in breaks[1:] if v is not None]
+            inverted: list[tuple[str | None, str]] = [(sat, "inverted: original value")]
+            breaks = inverted + [(v, n) for v, n in breaks[1:] if v is not None]
             if new_sat is not None:
                 breaks.append((None, "inverted: absent"))
-            sat = new_sat
+            return _Cond(envoy, name, new_sat, breaks)
         return _Cond(envoy, name, sat, breaks)
 
     def pseudo_cond(self, authority: str, method_holder: list[str]) -> _Cond | None:
@@ -446,8 +471,9 @@ class _Gen:
             return p
 
         def add(path: str, headers: dict[str, str], note: str, m: str = req_method,
-                auth: str = req_authority) -> None:
-            self.requests.append(GeneratedRequest(m, auth, path, dict(headers), f"{tag}: {note}"))
+                auth: str = req_authority, extra: list[tuple[str, str]] | None = None) -> None:
+            self.requests.append(GeneratedRequest(m, auth, path, dict(headers), f"{tag}: {note}",
+                                                  list(extra or [])))
 
         base_path = path_with(self.rng.choice(good), extra_query)
         add(base_path, base_headers, "base")
@@ -483,12 +509,57 @@ class _Gen:
             if q.sat is not None:
                 add(path_with(p0, others + [f"{q.name.upper()}={q.sat}"]), base_headers,
                     f"query {q.name} name upper")
+        self.tricky_requests(add, base_path, base_headers, good, extra_query, conds, qconds)
         if action == "weighted_clusters":
             w = {c["name"]: int(c["weight"])
                  for c in route["route"]["weighted_clusters"]["clusters"]}
             self.weighted.append(WeightedProbe(
                 GeneratedRequest(req_method, req_authority, base_path, dict(base_headers),
                                  f"{tag}: weighted sample"), str(tag), w))
+
+    def tricky_requests(self, add: Any, base_path: str, base_headers: dict[str, str],
+                        good: list[str], extra_query: list[str], conds: list[_Cond],
+                        qconds: list[_Cond]) -> None:
+        """Wire-level edge cases: repeated headers/params, encodings, path parameters."""
+        path, _, query = base_path.partition("?")
+        qs = f"?{query}" if query else ""
+        # percent-encoded first character: Envoy matches the path as sent (no normalisation)
+        if len(path) > 1:
+            add(f"/%{ord(path[1]):02X}{path[2:]}{qs}", base_headers, "path percent-encoded")
+        # path parameters after the first segment
+        seg_end = path.find("/", 1)
+        if seg_end > 0:
+            add(f"{path[:seg_end]};p=1{path[seg_end:]}{qs}", base_headers, "path parameter")
+        add(f"{path};v=2{qs}", base_headers, "trailing path parameter")
+        for c in conds:
+            if c.name.startswith(":") or c.sat is None:
+                continue
+            h = {k: v for k, v in base_headers.items() if k != c.name}
+            # the HTTP/1 parser drops whitespace around a value
+            add(base_path, {**h, c.name: f" {c.sat}\t"}, f"{c.name} value with whitespace")
+            add(base_path, h, f"{c.name} repeated", extra=[(c.name, c.sat), (c.name, c.sat)])
+            bad = next((v for v, _ in c.breaks if v is not None), None)
+            if bad is not None:
+                add(base_path, h, f"{c.name} repeated, second breaks",
+                    extra=[(c.name, c.sat), (c.name, bad)])
+                add(base_path, h, f"{c.name} repeated, first breaks",
+                    extra=[(c.name, bad), (c.name, c.sat)])
+        for q in qconds:
+            others = [x for x in extra_query if not x.startswith(q.name)]
+            p0 = good[0]
+            sat = q.sat or ""
+            variants = [(f"{q.name}", "bare name"), (f"{q.name}=", "empty value"),
+                        (f"{q.name}=x&{q.name}={sat}", "repeated, first breaks"),
+                        (f"{q.name}={sat}&{q.name}=x", "repeated, second breaks")]
+            if sat:
+                variants.append((f"{q.name}=%{ord(sat[0]):02X}{sat[1:]}", "value pct-encoded"))
+                variants.append((f"%{ord(q.name[0]):02X}{q.name[1:]}={sat}",
+                                 "name pct-encoded"))
+            for v, note in variants:
+                p = p0
+                for x in [*others, v]:
+                    p = _add_query(p, x)
+                add(p, base_headers, f"query {note}")
 
     def generate(self) -> GeneratedConfig:
         rng = self.rng
