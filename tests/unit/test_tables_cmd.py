@@ -1,0 +1,75 @@
+"""`sockmesh tables`: readable and JSON forms of the flattened tables; bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from integration.cli import main
+from tests.support.routegen import generate
+
+ISTIO = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "istio"
+BOOKINFO_DUMP = ISTIO / "istio_bookinfo_gateway_rds_cds.json"
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def bookinfo_route_config() -> dict[str, Any]:
+    dump = json.loads(BOOKINFO_DUMP.read_text())
+    rc: dict[str, Any] = dump["configs"][0]["dynamic_route_configs"][0]["route_config"]
+    return rc
+
+
+def test_readable_tables_show_rules_in_last_match_order(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    rc = bookinfo_route_config()
+    routes = rc["virtual_hosts"][0]["routes"]
+    code, out, err = run_cli(["tables", "--config-dump", str(BOOKINFO_DUMP)], capsys)
+    assert code == 0, err
+    assert f"ROUTE CONFIG {rc['name']}" in out
+    assert f"VIRTUAL HOST {rc['virtual_hosts'][0]['name']}" in out
+    # rule i of the table is Envoy route n-1-i, and its match is shown
+    rule_lines = [ln for ln in out.splitlines() if ln.strip().split(" ")[0].isdigit()]
+    assert len(rule_lines) == len(routes)
+    for i, line in enumerate(rule_lines):
+        envoy_index = len(routes) - 1 - i
+        assert line.split()[:2] == [str(i), f"#{envoy_index}"]
+        m = routes[envoy_index]["match"]
+        assert repr(m.get("path", m.get("prefix"))) in line
+    assert "not enforced:" in out and "retry_policy" in out
+    assert "CLUSTERS (1)" in out and "LEAST_REQUEST" in out
+
+
+def test_json_tables_keep_every_route_of_a_generated_config(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    g = generate(5)
+    dump = tmp_path / "d.json"
+    dump.write_text(json.dumps(g.config_dump()))
+    code, out, err = run_cli(["tables", "--config-dump", str(dump), "--json"], capsys)
+    assert code == 0, err
+    tables = json.loads(out)
+    assert set(tables) >= {"services", "route_tables", "clusters"}
+    assert set(tables["clusters"]) == set(g.clusters)
+    rt = tables["route_tables"][g.name]
+    want_vhosts = g.route_config["virtual_hosts"]
+    assert [v["name"] for v in rt["virtual_hosts"]] == [v["name"] for v in want_vhosts]
+    for got, want in zip(rt["virtual_hosts"], want_vhosts, strict=True):
+        assert got["domains"] == want["domains"]
+        names = [r.get("name", "") for r in want["routes"]]
+        assert [r["name"] for r in got["rules"]] == names[::-1]
+        assert [r["envoy_index"] for r in got["rules"]] == list(range(len(names)))[::-1]
+
+
+def test_tables_bad_input_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\n\n  nope")
+    code, out, err = run_cli(["tables", "--config-dump", str(bad)], capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("sockmesh tables: ") and "line 3 column 3" in err
