@@ -31,8 +31,9 @@ from integration.commands.tables import (
     format_match,
     load_tables,
 )
-from translator.model import Decision, Request, route
-from translator.tables import RouteTable, ServiceKind, Tables
+from translator.model import Decision, Request, route, select_virtual_host
+from translator.route_table import domain_kind
+from translator.tables import RouteTable, ServiceKind, Tables, VirtualHost
 
 REQUEST_KEYS = {"method", "authority", "path", "headers", "scheme"}
 
@@ -154,6 +155,22 @@ def request_from_url(url: str, method: str, header_args: list[str]) -> Request:
     return request_from_obj(obj, "request")
 
 
+def matched_domain(rt: RouteTable, vh: VirtualHost, authority: str) -> str | None:
+    """Which of ``vh``'s domains selects it for ``authority`` (asks the model, one at a time)."""
+    best: str | None = None
+    rank = {"exact": 0, "suffix": 1, "prefix": 2, "default": 3}
+    for d in vh.domains:
+        one = RouteTable(rt.name, (VirtualHost(vh.name, (d,), ()),),
+                         ignore_port_in_host_matching=rt.ignore_port_in_host_matching)
+        if select_virtual_host(one, authority) is None:
+            continue
+        # Envoy's precedence between kinds; within a kind the longest wildcard wins
+        if best is None or (rank[domain_kind(d)], -len(d)) < (rank[domain_kind(best)],
+                                                                -len(best)):
+            best = d
+    return best
+
+
 def print_explanation(rt: RouteTable, req: Request, d: Decision, out: TextIO) -> None:
     """A readable account of one decision: virtual host, rule, Envoy route, action."""
     j = d.to_json()
@@ -170,10 +187,12 @@ def print_explanation(rt: RouteTable, req: Request, d: Decision, out: TextIO) ->
         w(f"virtual host   none: no domain of {len(rt.virtual_hosts)} virtual host(s) "
           f"matches {req.authority!r} (Envoy answers 404)\n")
     else:
+        dom = matched_domain(rt, vh, req.authority)
+        why = f"domain {dom!r} ({domain_kind(dom)})" if dom is not None else "?"
         w(f"virtual host   {vh.name}\n"
-          f"  domains      {', '.join(vh.domains)}\n"
-          "  (precedence: exact domain, then longest '*.suffix', then longest 'prefix.*', "
-          "then '*')\n")
+          f"  chosen by    {why}; Envoy's precedence: exact, then longest '*suffix', "
+          "then longest 'prefix*', then '*'\n"
+          f"  domains      {', '.join(vh.domains)}\n")
         rule_idx = j.get("rule")
         if rule_idx is None:
             w(f"rule           none of {len(vh.rules)} rule(s) matches (Envoy answers 404)\n")
