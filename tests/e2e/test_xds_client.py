@@ -292,6 +292,9 @@ async def test_stream_killed_reconnects_and_resubscribes_with_versions(
     try:
         await client.wait_synced(WAIT)
         versions = {t: s.version for t, s in client.status.types.items()}
+        # the server has read every request of this stream once it has seen each ACK
+        for t, v in versions.items():
+            await server.wait_for(acked(t, v), WAIT)
         before = len(server.requests)
         server.drop_streams()
         await client.wait_for(lambda c: c.status.streams_opened >= 2 and c.core.synced(), WAIT)
