@@ -53,6 +53,11 @@ REDIRECT_CODES = {
     "TEMPORARY_REDIRECT": 307, "PERMANENT_REDIRECT": 308,
 }
 
+# Named by some routes but defined nowhere (validate_clusters is off): Envoy answers with the
+# route's cluster_not_found_response_code.  Explain sees the same cluster set as Envoy.
+GHOST_CLUSTER = "outbound|9999||ghost.default.svc.cluster.local"
+NOT_FOUND_CODES = ("SERVICE_UNAVAILABLE", "NOT_FOUND", "INTERNAL_SERVER_ERROR")
+
 UNKNOWN_HOSTS = ("unknown.test", "example.com", "api", "reviews.other.svc.cluster.local")
 
 
@@ -347,6 +352,10 @@ class _Gen:
         r = rng.random()
         if r < 0.55:
             act: dict[str, Any] = {"cluster": rng.choice(vh_clusters)}
+            if rng.random() < 0.06:
+                act["cluster"] = GHOST_CLUSTER
+                if rng.random() < 0.7:
+                    act["cluster_not_found_response_code"] = rng.choice(NOT_FOUND_CODES)
             if rng.random() < 0.4:
                 act["timeout"] = f"{rng.randint(1, 30)}s"
             if rng.random() < 0.3:
