@@ -253,6 +253,7 @@ class SotwStreamState:
 @dataclass
 class _DeltaTypeState:
     wildcard: bool = False
+    legacy_wildcard: bool = False  # wildcard only because the first request named nothing
     names: set[str] = field(default_factory=set)
     # name -> version the client holds (what it told us plus what we sent)
     known: dict[str, str] = field(default_factory=dict)
@@ -284,6 +285,10 @@ class DeltaStreamState:
             st.known.update(req.initial_resource_versions)
             subscribe = set(req.resource_names_subscribe)
             st.wildcard = not subscribe or "*" in subscribe
+            st.legacy_wildcard = not subscribe
+        elif st.legacy_wildcard and req.resource_names_subscribe:
+            # Naming resources ends a legacy wildcard unless "*" is named too (xds_protocol).
+            st.wildcard = st.legacy_wildcard = False
         if req.response_nonce:
             version = st.pending.pop(req.response_nonce, None)
             if version is not None:

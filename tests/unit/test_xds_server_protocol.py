@@ -209,6 +209,20 @@ def test_delta_named_subscribe_unsubscribe_and_nack() -> None:
     assert names(r4) == ["a"]
 
 
+def test_delta_legacy_wildcard_ends_when_names_are_subscribed() -> None:
+    h = Harness(resources({"a": "1", "b": "1"}), delta=True)
+    [r1] = h.req(type_url=CLUSTER)
+    assert names(r1) == ["a", "b"]
+    h.req(type_url=CLUSTER, response_nonce=r1.nonce, resource_names_subscribe=["a"])
+    # Only "a" is subscribed now: a change to "b" alone is not pushed.
+    assert h.push(resources({"a": "1", "b": "2"})) == []
+    h2 = Harness(resources({"a": "1", "b": "1"}), delta=True)
+    h2.req(type_url=CLUSTER)
+    h2.req(type_url=CLUSTER, resource_names_subscribe=["a", "*"])
+    [r2] = h2.push(resources({"a": "1", "b": "2"}))
+    assert names(r2) == ["b"]
+
+
 def test_delta_unknown_nonce_is_not_an_event() -> None:
     h = Harness(resources({"a": "1"}), delta=True)
     h.req(type_url=CLUSTER)
