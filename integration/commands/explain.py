@@ -30,6 +30,7 @@ from integration.commands.tables import (
     format_action,
     format_match,
     load_tables,
+    write_stdout,
 )
 from translator.model import Decision, Request, route, select_virtual_host
 from translator.route_table import domain_kind
@@ -247,9 +248,11 @@ def run(args: argparse.Namespace) -> int:
         rt = pick_route_table(tables, args.route_config, args.port)
         if args.requests is not None:
             reqs = read_requests(args.requests)
-            out = sys.stdout
-            for req in reqs:
-                out.write(json.dumps(route(rt, req, tables.clusters).to_json()) + "\n")
+            try:
+                for req in reqs:
+                    write_stdout(json.dumps(route(rt, req, tables.clusters).to_json()) + "\n")
+            except BrokenPipeError:
+                pass
             return 0
         req = request_from_url(args.url, args.method, args.header)
     except CommandError as exc:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -83,11 +85,28 @@ def tables_to_json(tables: Tables) -> dict[str, Any]:
     return out
 
 
+def write_stdout(text: str) -> None:
+    """Write to stdout; a reader that went away (``| head``) ends output quietly."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would complain again when flushing at exit; point stdout at /dev/null
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise
+
+
 # --- one-line renderings, shared with `explain` -------------------------------------------
+
+def _q(s: str) -> str:
+    """Quote a config value for humans (no repr escaping of regex backslashes)."""
+    return f"'{s}'"
+
 
 def format_path(p: PathMatch) -> str:
     """``prefix '/api'`` / ``exact '/login' (case-insensitive)``."""
-    text = f"{p.kind.value} {p.value!r}"
+    text = f"{p.kind.value} {_q(p.value)}"
     return text if p.case_sensitive else f"{text} (case-insensitive)"
 
 
@@ -98,7 +117,7 @@ def format_value_match(v: ValueMatch, what: str = "header") -> str:
     elif v.kind == StringKind.RANGE:
         text = f"{what} {v.name} in [{v.range_start}, {v.range_end})"
     else:
-        text = f"{what} {v.name} {v.kind.value} {v.value!r}"
+        text = f"{what} {v.name} {v.kind.value} {_q(v.value)}"
         if v.ignore_case:
             text += " (ignore case)"
     return f"NOT ({text})" if v.invert else text
@@ -203,9 +222,13 @@ def run(args: argparse.Namespace) -> int:
     except CommandError as exc:
         print(f"sockmesh tables: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        json.dump(tables_to_json(tables), sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    else:
-        print_tables(tables, sys.stdout)
+    try:
+        if args.json:
+            write_stdout(json.dumps(tables_to_json(tables), indent=1) + "\n")
+        else:
+            buf = io.StringIO()
+            print_tables(tables, buf)
+            write_stdout(buf.getvalue())
+    except BrokenPipeError:
+        return 0
     return 0
