@@ -69,6 +69,7 @@ async def test_all_four_types_with_references(delta: bool) -> None:
     port = await server.start()
     try:
         code, doc = await xds_dump.dump(dump_args(port, delta, referenced_only=True))
+        await server.wait_for(lambda e: e.ack, 5.0)  # the client may finish first
     finally:
         await server.stop()
     assert code == 0 and doc is not None
@@ -86,6 +87,7 @@ async def test_node_id_option(capsys: pytest.CaptureFixture[str]) -> None:
     port = await server.start()
     try:
         code, doc = await xds_dump.dump(dump_args(port, False, node_id="my-node"))
+        await server.wait_for(lambda e: e.ack, 5.0)
     finally:
         await server.stop()
     assert code == 0 and doc is not None
@@ -137,6 +139,7 @@ async def test_validate_with_translator_nacks_what_sockmesh_rejects(
     port = await server.start()
     try:
         code, doc = await xds_dump.dump(dump_args(port, delta, validate=True))
+        await server.wait_for(lambda e: not e.ack, 5.0)
         nacks = [e for e in server.events if not e.ack]
     finally:
         await server.stop()
