@@ -73,3 +73,22 @@ def test_tables_bad_input_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
     code, out, err = run_cli(["tables", "--config-dump", str(bad)], capsys)
     assert code == 2 and out == ""
     assert err.startswith("sockmesh tables: ") and "line 3 column 3" in err
+
+
+def test_services_come_from_listeners(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.support.routegen import config_dump
+    from tests.unit.test_explain_cmd import hcm_listener, with_listeners
+
+    g = generate(6)
+    dump = with_listeners(config_dump([g.route_config], g.clusters),
+                          [hcm_listener("0.0.0.0_9080", "0.0.0.0", 9080, g.name)])
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(dump))
+    code, out, err = run_cli(["tables", "--config-dump", str(path)], capsys)
+    assert code == 0, err
+    line = next(ln for ln in out.splitlines() if "0.0.0.0:9080" in ln)
+    assert line.split() == ["0.0.0.0:9080", "http", g.name, "0.0.0.0_9080"]
+    code, out, err = run_cli(["tables", "--config-dump", str(path), "--json"], capsys)
+    assert json.loads(out)["services"] == [{
+        "vip": "0.0.0.0", "port": 9080, "kind": "http", "route_table": g.name,
+        "cluster": None, "listener": "0.0.0.0_9080"}]
