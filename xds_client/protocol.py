@@ -225,7 +225,7 @@ class AdsProtocol:
                 else:
                     st.explicit.pop(n, None)
         out = Output(self._resubscribe(st, now))
-        self._forget_unwanted(st)
+        self._forget_unwanted(st, now, out)
         out.events.extend(self._flush_if_warm())
         return out
 
@@ -556,21 +556,27 @@ class AdsProtocol:
                now: float, out: Output) -> None:
         """Queue an ACKed change, follow references, deliver if everything is warm."""
         self._queue(st.type_url, updated, removed)
-        target_type = _REFERENCED_TYPE.get(st.type_url)
-        if self.follow_references and target_type is not None and (updated or removed):
-            for n in removed:
-                st.refs.pop(n, None)
-            for n, msg in updated.items():
-                st.refs[n] = self._references(st.type_url, msg)
-            target = self._types[target_type]
-            derived: set[str] = set()
-            for names in st.refs.values():
-                derived |= names
-            if derived != target.derived:
-                target.derived = derived
-                out.requests.extend(self._resubscribe(target, now))
-                self._forget_unwanted(target)
+        self._follow(st, updated, removed, now, out)
         out.events.extend(self._flush_if_warm())
+
+    def _follow(self, st: _TypeState, updated: Mapping[str, Message], removed: set[str],
+                now: float, out: Output) -> None:
+        """Keep the referenced type's subscription equal to what ``st`` refers to."""
+        target_type = _REFERENCED_TYPE.get(st.type_url)
+        if not self.follow_references or target_type is None or not (updated or removed):
+            return
+        for n in removed:
+            st.refs.pop(n, None)
+        for n, msg in updated.items():
+            st.refs[n] = self._references(st.type_url, msg)
+        target = self._types[target_type]
+        derived: set[str] = set()
+        for names in st.refs.values():
+            derived |= names
+        if derived != target.derived:
+            target.derived = derived
+            out.requests.extend(self._resubscribe(target, now))
+            self._forget_unwanted(target, now, out)
 
     @staticmethod
     def _references(type_url: str, msg: Message) -> set[str]:
@@ -579,8 +585,9 @@ class AdsProtocol:
         eds = eds_name_of(msg)  # type: ignore[arg-type]
         return {eds} if eds else set()
 
-    def _forget_unwanted(self, st: _TypeState) -> None:
-        """Drop cached resources nobody wants any more (they count as removed)."""
+    def _forget_unwanted(self, st: _TypeState, now: float, out: Output) -> None:
+        """Drop cached resources nobody wants any more (they count as removed), and
+        with them what they referenced."""
         if st.wildcard:
             return
         wanted = st.wanted()
@@ -594,6 +601,7 @@ class AdsProtocol:
             del st.timers[n]
         if gone:
             self._queue(st.type_url, {}, gone)
+            self._follow(st, {}, gone, now, out)
 
     def _queue(self, type_url: str, updated: Mapping[str, Message], removed: set[str]) -> None:
         if not updated and not removed:

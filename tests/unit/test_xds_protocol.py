@@ -420,3 +420,26 @@ def test_initial_fetch_timeout_releases_held_changes() -> None:
     evs = core.tick(5.0)  # the initial fetch of LDS gave up: deliver what we have
     assert [c.type_url for c in changes(evs)] == [CLUSTER]
     assert core.status()[LISTENER].initialized
+
+
+def test_dropping_listener_wildcard_also_drops_their_route_configs() -> None:
+    core, _ = started(wildcard=(LISTENER,))
+    core.receive(sotw(LISTENER, "l1", "n1", listener("l", "r")), 1.0)
+    core.receive(sotw(ROUTE_CONFIGURATION, "r1", "n2", route("r")), 1.0)
+    assert set(core.resources(ROUTE_CONFIGURATION)) == {"r"}
+    out = core.unsubscribe(LISTENER, None, 2.0)
+    assert core.resources(LISTENER) == {} and core.resources(ROUTE_CONFIGURATION) == {}
+    [rds] = [r for r in out.requests if r.type_url == ROUTE_CONFIGURATION]
+    assert list(rds.resource_names) == []  # nothing wanted any more
+    by_type = {c.type_url: c.removed for c in changes(out.events)}
+    assert by_type == {LISTENER: {"l"}, ROUTE_CONFIGURATION: {"r"}}
+
+
+def test_sotw_named_listener_absent_from_response_does_not_exist() -> None:
+    core = AdsProtocol(NODE)
+    core.subscribe(LISTENER, ["wanted", "missing"], 0.0)
+    [req] = core.stream_started(0.0)
+    assert sorted(req.resource_names) == ["missing", "wanted"]
+    evs = core.receive(sotw(LISTENER, "1", "n1", listener("wanted"), listener("extra")), 1.0).events
+    assert DoesNotExist(LISTENER, "missing") in evs
+    assert set(core.resources(LISTENER)) == {"wanted"}  # unrequested "extra" ignored
