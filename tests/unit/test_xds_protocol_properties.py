@@ -8,20 +8,31 @@ versions offered after a reconnect).
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_xds_protocol import (
     BROKEN_ANY,
     NODE,
+    cla,
     cluster,
     delta_resp,
+    listener,
     pack,
     route,
     sotw,
 )
-from xds_client.protocol import AdsProtocol
-from xds_client.resource_types import CLUSTER, ROUTE_CONFIGURATION
+from xds_client.protocol import AdsProtocol, ResourceChange, Snapshot
+from xds_client.resource_types import (
+    APPLY_ORDER,
+    CLUSTER,
+    CLUSTER_LOAD_ASSIGNMENT,
+    LISTENER,
+    ROUTE_CONFIGURATION,
+    eds_name_of,
+    resource_name,
+    route_names_of,
+)
 
 NAMES = ["a", "b", "c", "d", "e"]
 
@@ -113,3 +124,62 @@ def test_delta_cluster_responses(seq: list[tuple[bool, set[str], set[str]]]) -> 
     core.stream_lost()
     [first] = core.stream_started(100.0)
     assert dict(first.initial_resource_versions) == model
+
+
+ROUTES = ["r1", "r2", "r3"]
+CLUSTERS = ["c1", "c2", "c3"]
+# one server push: (type, names); a listener "l-rX" names route config rX
+pushes = st.lists(st.one_of(
+    st.tuples(st.just(LISTENER), st.sets(st.sampled_from(ROUTES))),
+    st.tuples(st.just(ROUTE_CONFIGURATION), st.sets(st.sampled_from(ROUTES))),
+    st.tuples(st.just(CLUSTER), st.sets(st.sampled_from(CLUSTERS))),
+    st.tuples(st.just(CLUSTER_LOAD_ASSIGNMENT), st.sets(st.sampled_from(CLUSTERS))),
+), max_size=30)
+
+
+@settings(max_examples=120, deadline=None)
+@given(pushes, st.booleans())
+def test_delivered_snapshots_are_closed_under_references(
+        seq: list[tuple[str, set[str]]], delta: bool) -> None:
+    """Whatever order the server pushes in, a delivered snapshot never holds a listener
+    whose route config is missing or an EDS cluster without endpoints, and each delivery
+    lists clusters and endpoints before listeners and routes."""
+    core = AdsProtocol(NODE, delta=delta)
+    core.subscribe(LISTENER, None, 0.0)
+    core.subscribe(CLUSTER, None, 0.0)
+    core.stream_started(0.0)
+    build = {
+        LISTENER: lambda n: listener(f"l-{n}", n),
+        ROUTE_CONFIGURATION: lambda n: route(n),
+        CLUSTER: lambda n: cluster(n),
+        CLUSTER_LOAD_ASSIGNMENT: lambda n: cla(n),
+    }
+    # end with everything referenceable sent: then nothing may stay held back (liveness)
+    seq = [*seq, (CLUSTER_LOAD_ASSIGNMENT, set(CLUSTERS)), (ROUTE_CONFIGURATION, set(ROUTES))]
+    for i, (type_url, names) in enumerate(seq):
+        msgs = {resource_name(m): m for m in (build[type_url](n) for n in sorted(names))}
+        if delta:
+            held = set(core.resources(type_url))
+            removed = sorted(held - set(msgs)) if type_url in (LISTENER, CLUSTER) else []
+            resp = delta_resp(type_url, f"v{i}", f"n{i}", msgs, removed=removed)
+        else:
+            resp = sotw(type_url, f"v{i}", f"n{i}", *msgs.values())
+        out = core.receive(resp, float(i))
+        order = [APPLY_ORDER.index(e.type_url) for e in out.events
+                 if isinstance(e, ResourceChange)]
+        assert order == sorted(order)
+        for ev in out.events:
+            if not isinstance(ev, Snapshot):
+                continue
+            event("a snapshot was delivered")
+            routes, endpoints = ev.of(ROUTE_CONFIGURATION), ev.of(CLUSTER_LOAD_ASSIGNMENT)
+            for lis in ev.of(LISTENER).values():
+                assert route_names_of(lis) <= set(routes)  # type: ignore[arg-type]
+            for c in ev.of(CLUSTER).values():
+                assert eds_name_of(c) in endpoints  # type: ignore[arg-type]
+    answered = {t for t, _ in seq}
+    if LISTENER in answered and CLUSTER in answered:
+        assert core.synced()  # everything ACKed was delivered
+    # the cache itself always follows references exactly
+    wanted_routes = set().union(*(route_names_of(v) for v in core.resources(LISTENER).values()))
+    assert set(core.resources(ROUTE_CONFIGURATION)) <= wanted_routes
