@@ -30,6 +30,7 @@ from tenacity import (
 from xds_client.protocol import (
     DEFAULT_DOES_NOT_EXIST_TIMEOUT,
     AdsProtocol,
+    DoesNotExist,
     Event,
     Nack,
     Request,
@@ -37,6 +38,7 @@ from xds_client.protocol import (
     TypeStatus,
     Validator,
 )
+from xds_client.resource_types import SHORT_NAMES
 from xds_client.watchers import Watch, WatchCallback, Watchers, WatchEvent, WatchEventKind
 
 log = logging.getLogger(__name__)
@@ -235,6 +237,14 @@ class XdsClient:
             self._wake.set()  # new names may have started does-not-exist timers
 
     def _dispatch(self, events: Sequence[Event]) -> None:
+        for ev in events:
+            if isinstance(ev, Nack):
+                log.warning("xDS NACK %s version %r (keeping %r): %s",
+                            SHORT_NAMES.get(ev.type_url, ev.type_url), ev.rejected_version,
+                            ev.kept_version, ev.error_detail)
+            elif isinstance(ev, DoesNotExist):
+                log.info("xDS %s %r does not exist", SHORT_NAMES.get(ev.type_url, ev.type_url),
+                         ev.name)
         if events:
             self.watchers.deliver(events)
         self._notify()
