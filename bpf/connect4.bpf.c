@@ -1,0 +1,57 @@
+/* connect4.bpf.c - cgroup/connect4 on the mesh cgroup.
+ *
+ * A connect() to a known service VIP:port is rewritten here, before the SYN:
+ *  - L7 (HTTP) services go to the agent's splice listener; the original destination is kept
+ *    by socket cookie for sockops, which moves it to the per-connection state;
+ *  - L4 (TCP) services go straight to an endpoint picked by the cluster's LB policy.
+ * Anything else is left alone.
+ */
+#include "sockmesh.h"
+#include "lb.h"
+
+#ifndef SOCK_STREAM
+#define SOCK_STREAM 1
+#endif
+
+int sm_connect4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_STREAM)
+		return 1;
+	struct sm_svc_key key = {.vip = ctx->user_ip4, .port = (__u16)ctx->user_port};
+	struct sm_service *svc = sm_services_v1.lookup(&key);
+	if (!svc) {
+		key.vip = 0; /* Istio's 0.0.0.0_PORT listeners */
+		svc = sm_services_v1.lookup(&key);
+		if (!svc)
+			return 1;
+	}
+	if (svc->kind == SM_SVC_HTTP) {
+		__u32 zero = 0;
+		struct sm_config *cfg = sm_config_v1.lookup(&zero);
+		if (!cfg || cfg->splice_port == 0)
+			return 1;
+		struct sm_orig_dst od = {.vip = ctx->user_ip4, .port = (__u16)ctx->user_port,
+					 .rt_id = svc->id};
+		__u64 cookie = bpf_get_socket_cookie(ctx);
+		sm_origdst_v1.update(&cookie, &od);
+		ctx->user_ip4 = cfg->splice_ip;
+		ctx->user_port = cfg->splice_port;
+		return 1;
+	}
+	if (svc->kind == SM_SVC_TCP) {
+		__u32 reason = 0;
+		__u32 ep_id = sm_pick_endpoint(svc->id, &reason);
+		if (ep_id == SM_PICK_SCAN)
+			ep_id = sm_lr_pick(svc->id, sm_lr_total(svc->id));
+		struct sm_endpoint *ep = ep_id ? sm_endpoints_v1.lookup(&ep_id) : 0;
+		if (!ep || ep->port == 0) {
+			/* nothing to pick: leave the connect alone so the app sees the failure */
+			sm_count(reason ? reason : SM_R_NO_HOST);
+			return 1;
+		}
+		ctx->user_ip4 = ep->ip4;
+		ctx->user_port = ep->port;
+		sm_count(SM_R_L4);
+	}
+	return 1;
+}

@@ -1,0 +1,187 @@
+"""The datapath as the node agent uses it: load, apply tables, read counters, dump, close.
+
+    dp = Datapath([cgroup], pin_dir)
+    dp.load()                  # splice listener, programs, maps, pools, slow path
+    dp.apply(tables)           # translator.Tables -> maps (diffs) -> pools follow
+    dp.counters()              # {"fast": n, "pool_empty": n, ...} summed over CPUs
+    dp.dump()                  # the pinned maps rendered readably
+    dp.close()                 # detach, close pools and listener, remove pins
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import socket
+from pathlib import Path
+from typing import Any
+
+from bpf import layout as L
+from bpf.encoder import Encoder, ip_str
+from bpf.limits import REASONS, limit
+from bpf.loader import Loader
+from bpf.maps import PinnedMap
+from bpf.pools import Pools
+from bpf.splice import SpliceListener
+from translator.tables import Tables
+
+SLOT_STATES = {limit("SLOT_EMPTY"): "empty", limit("SLOT_IDLE"): "idle",
+               limit("SLOT_BUSY"): "busy", limit("SLOT_DEAD"): "dead"}
+
+
+class Datapath:
+    """One in-kernel datapath attached to ``cgroups`` with its maps pinned in ``pin_dir``."""
+
+    def __init__(self, cgroups: list[Path] | Path, pin_dir: Path, host: str = "127.0.0.1",
+                 warm: int = 2) -> None:
+        self.cgroups = cgroups if isinstance(cgroups, list) else [cgroups]
+        self.pin_dir = Path(pin_dir)
+        self.host = host
+        self.warm = warm
+        self.loader: Loader | None = None
+        self.encoder: Encoder | None = None
+        self.pools: Pools | None = None
+        self.splice: SpliceListener | None = None
+        self.tables = Tables()
+
+    def load(self) -> Datapath:
+        """Attach everything; raises loader.DatapathError (nothing left attached) on failure."""
+        self.loader = Loader(self.cgroups, self.pin_dir)
+        self.loader.load()
+        try:
+            self._open_user_side()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _open_user_side(self) -> None:
+        assert self.loader is not None
+        self.encoder = Encoder(self.pin_dir)
+        self.splice = SpliceListener(self.pin_dir, self.host,
+                                     route_table_name=self.encoder.route_table_name)
+        self.splice.start()
+        self.loader.set_splice(*self.splice.addr)
+        self.pools = Pools(self.pin_dir, warm=self.warm)
+        self.pools.start()
+
+    def restart_loader(self) -> Loader:
+        """Drop the loader's handles and open the pinned programs again (what a restarted
+        agent does); programs stay attached and maps keep their contents meanwhile."""
+        assert self.loader is not None
+        self.loader.close(detach=False)
+        self.loader = Loader(self.cgroups, self.pin_dir, splice=self.splice.addr if self.splice
+                             else ("127.0.0.1", 0))
+        self.loader.load()
+        return self.loader
+
+    def apply(self, tables: Tables) -> dict[str, int]:
+        """Write ``tables`` as diffs, point the slow path at them, warm the pools."""
+        assert self.encoder is not None and self.pools is not None and self.splice is not None
+        self.splice.tables = tables  # the slow path sees new tables before the kernel does
+        stats = self.encoder.apply(tables)
+        self.tables = tables
+        self.pools.set_endpoints(self.encoder.endpoints())
+        self.pools.maintain()
+        return {"writes": stats.writes, "deletes": stats.deletes}
+
+    def counters(self) -> dict[str, int]:
+        """Per-reason counters summed over CPUs (see SM_R_* in sockmesh.h)."""
+        m = PinnedMap(self.pin_dir / "sm_counters_v1", C.c_uint32, C.c_uint64, percpu=True)
+        try:
+            out = {}
+            for i, name in sorted(REASONS.items()):
+                vals = m.get(i) or []
+                out[name] = sum(int(v.value) for v in vals)
+            return out
+        finally:
+            m.close()
+
+    def dump(self) -> dict[str, Any]:
+        """The pinned maps, rendered readably (services, route tables, clusters, pools...)."""
+        return dump(self.pin_dir, self.encoder)
+
+    def close(self, detach: bool = True) -> None:
+        """Stop pools and the splice listener; detach and unpin unless detach=False."""
+        if self.pools is not None:
+            self.pools.close()
+            self.pools = None
+        if self.splice is not None:
+            self.splice.close()
+            self.splice = None
+        if self.encoder is not None:
+            self.encoder.close()
+            self.encoder = None
+        if self.loader is not None:
+            self.loader.close(detach=detach)
+            self.loader = None
+
+
+def _port(v: int) -> int:
+    return socket.ntohs(v)
+
+
+def dump(pin_dir: Path, encoder: Encoder | None = None) -> dict[str, Any]:
+    """Read the pinned maps under ``pin_dir`` and render them as plain data."""
+    pin_dir = Path(pin_dir)
+    names = (lambda kind, i: None)
+    if encoder is not None:
+        def names(kind: str, i: int) -> str | None:
+            if kind == "rt":
+                return encoder.route_table_name(i)
+            return encoder.cluster_name(i)
+
+    def opened(name: str, k: Any, v: Any) -> PinnedMap:
+        return PinnedMap(pin_dir / name, k, v)
+
+    out: dict[str, Any] = {}
+    m = opened("sm_services_v1", L.SvcKey, L.Service)
+    out["services"] = [
+        {"vip": ip_str(k.vip), "port": _port(k.port),
+         "kind": "http" if v.kind == limit("SVC_HTTP") else "tcp", "id": v.id,
+         "name": names("rt" if v.kind == limit("SVC_HTTP") else "cl", v.id)}
+        for k, v in m.items()]
+    m.close()
+    m = opened("sm_clusters_v1", C.c_uint32, L.Cluster)
+    hosts = opened("sm_hosts_v1", C.c_uint32, L.Host)
+    clusters = []
+    for cid in range(1, limit("MAX_CLUSTERS")):
+        c = m.get(cid)
+        if c is None or c.policy == 0:
+            if cid > 64 and c is not None and c.policy == 0:
+                break  # ids are dense from 1: stop at the first long gap
+            continue
+        ring = [hosts.get(cid * limit("HOSTS_PER_CLUSTER") + i) for i in range(c.n_hosts)]
+        clusters.append({"id": cid, "name": names("cl", cid), "policy": c.policy,
+                         "flags": c.flags, "hosts": [h.ep_id for h in ring if h is not None]})
+    m.close()
+    hosts.close()
+    out["clusters"] = clusters
+    m = opened("sm_clients_v1", L.SockKey, L.Client)
+    out["clients"] = [
+        {"client": f"{ip_str(k.ip4)}:{k.port}", "service": f"{ip_str(v.vip)}:{_port(v.port)}",
+         "route_table": names("rt", v.rt_id), "user": v.user, "requests": v.requests,
+         "last_cluster": names("cl", v.last_cluster)}
+        for k, v in m.items()]
+    m.close()
+    slots = opened("sm_slots_v1", C.c_uint32, L.Slot)
+    eppool = opened("sm_eppool_v1", C.c_uint32, C.c_uint32)
+    eps = opened("sm_endpoints_v1", C.c_uint32, L.Endpoint)
+    active = opened("sm_epactive_v1", C.c_uint32, C.c_uint64)
+    endpoints = []
+    known = encoder.endpoints() if encoder is not None else {}
+    for ep in sorted(known):
+        e = eps.get(ep)
+        n = eppool.get(ep)
+        pool_n = int(n.value) if n is not None else 0
+        states = [SLOT_STATES.get(int(s.state), "?") for s in
+                  (slots.get(ep * limit("POOL_PER_ENDPOINT") + j) for j in range(pool_n))
+                  if s is not None]
+        a = active.get(ep)
+        endpoints.append({"id": ep, "addr": f"{ip_str(e.ip4)}:{_port(e.port)}" if e else None,
+                          "active": int(a.value) if a is not None else 0, "pool": states})
+    for x in (slots, eppool, eps, active):
+        x.close()
+    out["endpoints"] = endpoints
+    return out
+
+

@@ -1,0 +1,162 @@
+"""Per-endpoint pools of agent-owned backend connections for the kernel to dispatch on.
+
+Slot ``ep_id * SM_POOL_PER_ENDPOINT + j`` holds connection j to endpoint ep_id.  Filling a
+slot: connect, put the socket into sm_poolsocks_v1 (where the sk_skb verdict runs on it),
+record its local address in sm_poolports_v1, mark the slot IDLE, then raise the endpoint's
+count in sm_eppool_v1 so sk_msg starts claiming it.  ``maintain()`` (run by a background
+thread, and directly after each table change) warms new endpoints, replaces connections the
+backend closed (sk_skb marks them DEAD on the FIN), grows a pool when sk_msg found no idle
+connection (sm_epmiss_v1), and closes pools of endpoints that left the tables.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import logging
+import socket
+import struct
+import threading
+from pathlib import Path
+
+from bpf import layout as L
+from bpf.limits import limit
+from bpf.maps import BpfError, PinnedMap
+
+log = logging.getLogger(__name__)
+
+U32, U64 = C.c_uint32, C.c_uint64
+PER_EP = limit("POOL_PER_ENDPOINT")
+IDLE, BUSY, DEAD, EMPTY = (limit("SLOT_IDLE"), limit("SLOT_BUSY"), limit("SLOT_DEAD"),
+                           limit("SLOT_EMPTY"))
+CONNECT_TIMEOUT = 1.0
+
+
+class Pools:
+    """Keeps ``warm`` connections per endpoint, up to SM_POOL_PER_ENDPOINT under load."""
+
+    def __init__(self, pin_dir: Path, warm: int = 2, interval: float = 0.002) -> None:
+        self.pin_dir = Path(pin_dir)
+        self.warm = max(1, min(warm, PER_EP))
+        self.interval = interval
+        self.socks = PinnedMap(self.pin_dir / "sm_poolsocks_v1", U32, U64)
+        self.ports = PinnedMap(self.pin_dir / "sm_poolports_v1", L.SockKey, U32)
+        self.slots = PinnedMap(self.pin_dir / "sm_slots_v1", U32, L.Slot)
+        self.eppool = PinnedMap(self.pin_dir / "sm_eppool_v1", U32, U32)
+        self.epmiss = PinnedMap(self.pin_dir / "sm_epmiss_v1", U32, U64)
+        self.endpoints: dict[int, tuple[str, int]] = {}
+        self.conns: dict[int, socket.socket] = {}  # slot id -> socket
+        self._gen: dict[int, int] = {}
+        self._miss_seen: dict[int, int] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.replaced = 0
+        self.grown = 0
+
+    # ---- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sockmesh-pools", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.maintain()
+            except Exception:
+                log.exception("pool maintenance failed")
+
+    def close(self) -> None:
+        """Stop maintenance and close every pooled connection."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        with self._lock:
+            for ep in list(self.endpoints):
+                self._drop_endpoint(ep)
+        for m in (self.socks, self.ports, self.slots, self.eppool, self.epmiss):
+            m.close()
+
+    # ---- state ------------------------------------------------------------------------
+    def set_endpoints(self, endpoints: dict[int, tuple[str, int]]) -> None:
+        """The endpoints the tables name (encoder ids); pools follow on the next maintain."""
+        with self._lock:
+            for ep in list(self.endpoints):
+                if endpoints.get(ep) != self.endpoints[ep]:
+                    self._drop_endpoint(ep)
+            self.endpoints = {e: a for e, a in endpoints.items()}
+
+    def size(self, ep: int) -> int:
+        v = self.eppool.get(ep)
+        return int(v.value) if v is not None else 0
+
+    def maintain(self) -> None:
+        """One pass: warm, replace dead, grow on misses."""
+        with self._lock:
+            for ep, addr in list(self.endpoints.items()):
+                n = self.size(ep)
+                for j in range(n):
+                    sid = ep * PER_EP + j
+                    sl = self.slots.get(sid)
+                    if sl is not None and sl.state in (DEAD, EMPTY):
+                        if sl.state == DEAD:
+                            self.replaced += 1
+                        self._fill(ep, sid, addr)
+                miss = self.epmiss.get(ep)
+                misses = int(miss.value) if miss is not None else 0
+                want = max(self.warm, n)
+                if misses > self._miss_seen.get(ep, 0) and n < PER_EP:
+                    want = min(PER_EP, n + misses - self._miss_seen.get(ep, 0))
+                    self.grown += want - n
+                self._miss_seen[ep] = misses
+                for j in range(n, want):
+                    if not self._fill(ep, ep * PER_EP + j, addr):
+                        break
+                    self.eppool.set(ep, U32(j + 1))
+
+    # ---- slots ------------------------------------------------------------------------
+    def _close_slot(self, sid: int) -> None:
+        old = self.conns.pop(sid, None)
+        if old is None:
+            return
+        try:
+            ip, port = old.getsockname()
+            self.ports.delete(L.SockKey(ip4=_ip_net(ip), port=port))
+        except OSError:
+            pass
+        old.close()  # also removes it from the sockhash
+
+    def _fill(self, ep: int, sid: int, addr: tuple[str, int]) -> bool:
+        self._close_slot(sid)
+        self.slots.set(sid, L.Slot(state=EMPTY, ep_id=ep))
+        try:
+            s = socket.create_connection(addr, timeout=CONNECT_TIMEOUT)
+        except OSError as exc:
+            log.warning("pool connect to %s:%d failed: %s", addr[0], addr[1], exc)
+            return False
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            self.socks.set(sid, U64(s.fileno()))
+        except BpfError as exc:  # e.g. the backend already closed it (ENOTSUP)
+            log.warning("pool insert %s:%d failed: %s", addr[0], addr[1], exc)
+            s.close()
+            return False
+        ip, port = s.getsockname()
+        self.ports.set(L.SockKey(ip4=_ip_net(ip), port=port), U32(sid))
+        gen = self._gen.get(sid, 0) + 1
+        self._gen[sid] = gen
+        self.conns[sid] = s
+        self.slots.set(sid, L.Slot(state=IDLE, ep_id=ep, gen=gen))
+        return True
+
+    def _drop_endpoint(self, ep: int) -> None:
+        self.eppool.set(ep, U32(0))
+        for j in range(PER_EP):
+            sid = ep * PER_EP + j
+            if sid in self.conns:
+                self._close_slot(sid)
+                self.slots.set(sid, L.Slot(state=EMPTY))
+        self.endpoints.pop(ep, None)
+
+
+def _ip_net(addr: str) -> int:
+    return int(struct.unpack("=I", socket.inet_aton(addr))[0])

@@ -1,0 +1,356 @@
+"""The agent's end of every spliced application connection, and the user-space slow path.
+
+connect4 points an application's connect() to an L7 service at this listener.  On the kernel
+path no byte ever reaches the accepted socket: sk_msg redirects requests to pooled backend
+connections and sk_skb puts responses straight into the application's socket.  When sk_msg
+hands a request over (SK_PASS), its bytes arrive here; the connection's thread parses the
+request, routes it with the same tables through translator.model, picks an endpoint with
+the same policies (bpf.lb.Picker), proxies it on its own connection, writes the response
+back, and when nothing is buffered clears ``sm_client.user`` so the kernel takes the next
+request again.  Bytes that are not HTTP/1.x (TLS ClientHello, the HTTP/2 preface) are relayed
+as an opaque stream to an endpoint of the route the service's catch-all request would take.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bpf import layout as L
+from bpf.lb import Picker
+from bpf.maps import PinnedMap
+from translator import model
+from translator.tables import Tables
+
+log = logging.getLogger(__name__)
+
+HEAD_MAX = 64 * 1024
+IO_TIMEOUT = 10.0
+METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE",
+           b"CONNECT")
+
+
+class NotHttp(Exception):
+    """The bytes are not an HTTP/1.x request."""
+
+
+@dataclass
+class ParsedRequest:
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+    raw: bytes  # head + body exactly as received (forwarded verbatim)
+
+
+def _recv_more(sock: socket.socket, buf: bytearray) -> None:
+    chunk = sock.recv(1 << 16)
+    if not chunk:
+        raise EOFError
+    buf.extend(chunk)
+
+
+def read_request(sock: socket.socket, buf: bytearray) -> ParsedRequest:
+    """One complete request (head and body) from buf + sock; consumes it from buf."""
+    while b"\r\n\r\n" not in buf:
+        head = bytes(buf[:16])
+        if b" " in head:
+            if head.split(b" ", 1)[0] not in METHODS:
+                raise NotHttp  # TLS ClientHello, "PRI * HTTP/2.0", ...
+        elif len(head) >= 16 or not all(65 <= b <= 90 for b in head):
+            raise NotHttp
+        if len(buf) > HEAD_MAX:
+            raise NotHttp
+        _recv_more(sock, buf)
+    end = buf.index(b"\r\n\r\n") + 4
+    lines = bytes(buf[: end - 4]).decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise NotHttp
+    headers = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise NotHttp
+        headers.append((name.strip().lower(), value.strip()))
+    hmap = dict(headers)
+    pos = end
+    if hmap.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            while b"\r\n" not in buf[pos:]:
+                _recv_more(sock, buf)
+            i = buf.index(b"\r\n", pos)
+            size = int(bytes(buf[pos:i]).split(b";")[0], 16)
+            pos = i + 2
+            if size == 0:
+                while True:  # trailers up to the empty line
+                    while b"\r\n" not in buf[pos:]:
+                        _recv_more(sock, buf)
+                    i = buf.index(b"\r\n", pos)
+                    pos, empty = i + 2, i == pos
+                    if empty:
+                        break
+                break
+            while len(buf) < pos + size + 2:
+                _recv_more(sock, buf)
+            pos += size + 2
+    else:
+        n = int(hmap.get("content-length", "0") or 0)
+        while len(buf) < pos + n:
+            _recv_more(sock, buf)
+        pos += n
+    raw = bytes(buf[:pos])
+    del buf[:pos]
+    return ParsedRequest(parts[0], parts[1], parts[2], headers, raw)
+
+
+def read_response(sock: socket.socket, buf: bytearray, method: str) -> bytes:
+    """One complete response from an upstream, as raw bytes (framing per HTTP/1.1)."""
+    while True:
+        while b"\r\n\r\n" not in buf:
+            _recv_more(sock, buf)
+        end = buf.index(b"\r\n\r\n") + 4
+        head = bytes(buf[:end]).decode("latin-1").split("\r\n")
+        status = int(head[0].split(" ")[1])
+        if 100 <= status < 200 and status != 101:
+            out = bytes(buf[:end])
+            del buf[:end]
+            return out + read_response(sock, buf, method)
+        break
+    hmap = {}
+    for line in head[1:]:
+        k, _, v = line.partition(":")
+        hmap[k.strip().lower()] = v.strip()
+    pos = end
+    if method == "HEAD" or status in (204, 304):
+        pass
+    elif hmap.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            while b"\r\n" not in buf[pos:]:
+                _recv_more(sock, buf)
+            i = buf.index(b"\r\n", pos)
+            size = int(bytes(buf[pos:i]).split(b";")[0], 16)
+            pos = i + 2
+            if size == 0:
+                while True:
+                    while b"\r\n" not in buf[pos:]:
+                        _recv_more(sock, buf)
+                    i = buf.index(b"\r\n", pos)
+                    pos, empty = i + 2, i == pos
+                    if empty:
+                        break
+                break
+            while len(buf) < pos + size + 2:
+                _recv_more(sock, buf)
+            pos += size + 2
+    else:
+        n = int(hmap.get("content-length", "0") or 0)
+        while len(buf) < pos + n:
+            _recv_more(sock, buf)
+        pos += n
+    out = bytes(buf[:pos])
+    del buf[:pos]
+    return out
+
+
+def local_reply(status: int, location: str | None = None, body: str = "") -> bytes:
+    """A response the agent writes itself (no route, cluster not found, redirect, ...)."""
+    data = body.encode()
+    head = [f"HTTP/1.1 {status} {'sockmesh'}", f"content-length: {len(data)}",
+            "x-sockmesh-path: user"]
+    if location:
+        head.append(f"location: {location}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + data
+
+
+class SpliceListener:
+    """Accepts spliced application connections and runs the slow path on them."""
+
+    def __init__(self, pin_dir: Path, host: str = "127.0.0.1",
+                 route_table_name: Callable[[int], str | None] = lambda _i: None) -> None:
+        self.pin_dir = Path(pin_dir)
+        self.clients = PinnedMap(self.pin_dir / "sm_clients_v1", L.SockKey, L.Client)
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind((host, 0))
+        self.lsock.listen(1024)
+        self.addr: tuple[str, int] = self.lsock.getsockname()
+        self.tables = Tables()
+        self.route_table_name = route_table_name
+        self.picker = Picker()
+        self.stats: Counter[str] = Counter()  # slow-path outcomes
+        self._stats_lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, name="sockmesh-splice", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self.lsock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.lsock.close()
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._thread.join(5)
+        self.clients.close()
+
+    def _count(self, what: str) -> None:
+        with self._stats_lock:
+            self.stats[what] += 1
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, peer = self.lsock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._conns.add(conn)
+            threading.Thread(target=self._serve, args=(conn, peer), daemon=True).start()
+
+    # ---- one application connection ----------------------------------------------------
+    def _client_key(self, peer: tuple[str, int]) -> L.SockKey:
+        return L.SockKey(ip4=int(struct.unpack("=I", socket.inet_aton(peer[0]))[0]),
+                         port=peer[1])
+
+    def _release_to_kernel(self, key: L.SockKey) -> None:
+        st = self.clients.get(key)
+        if st is not None and st.user:
+            st.user = 0
+            self.clients.set(key, st)
+
+    def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        key = self._client_key(peer)
+        buf = bytearray()
+        upstreams: dict[tuple[str, int], tuple[socket.socket, bytearray]] = {}
+        try:
+            while True:
+                if not buf:
+                    conn.settimeout(None)  # idle while the kernel path serves
+                    _recv_more(conn, buf)
+                conn.settimeout(IO_TIMEOUT)
+                st = self.clients.get(key)
+                try:
+                    req = read_request(conn, buf)
+                except NotHttp:
+                    self._count("opaque")
+                    self._relay_opaque(conn, buf, st)
+                    return
+                self._handle(conn, req, st, upstreams)
+                if not buf:
+                    self._release_to_kernel(key)
+        except (EOFError, OSError, ValueError) as exc:
+            log.debug("slow path connection %s ended: %s", peer, exc)
+        finally:
+            for s, _ in upstreams.values():
+                s.close()
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
+
+    def _decide(self, req: ParsedRequest, st: L.Client | None) -> model.Decision | None:
+        rt_name = self.route_table_name(st.rt_id) if st is not None else None
+        table = self.tables.route_tables.get(rt_name or "")
+        if table is None:
+            return None
+        hmap = dict(req.headers)
+        mreq = model.Request(method=req.method, authority=hmap.get("host", ""), path=req.target,
+                             headers=tuple((n, v) for n, v in req.headers if n != "host"))
+        return model.route(table, mreq, self.tables.clusters)
+
+    def _handle(self, conn: socket.socket, req: ParsedRequest, st: L.Client | None,
+                upstreams: dict[tuple[str, int], tuple[socket.socket, bytearray]]) -> None:
+        d = self._decide(req, st)
+        if d is None:
+            self._count("no_table")
+            conn.sendall(local_reply(404))
+            return
+        cluster_name = d.cluster
+        if d.candidates and d.status is None:
+            cluster_name = model.pick_weighted(
+                model.Action(model.ActionKind.WEIGHTED_CLUSTERS, weighted=d.candidates),
+                self.picker._rng.getrandbits(32))
+        if d.status is not None or cluster_name is None:
+            self._count(f"local_{d.status or 404}")
+            conn.sendall(local_reply(d.status or 404, d.location))
+            return
+        cluster = self.tables.clusters.get(cluster_name)
+        ep = self.picker.pick(cluster) if cluster is not None else None
+        if ep is None:
+            self._count("no_healthy_upstream")
+            conn.sendall(local_reply(503, body="no healthy upstream"))
+            return
+        addr = (ep.address, ep.port)
+        for attempt in range(2):  # a pooled upstream may have been closed meanwhile
+            if addr not in upstreams:
+                s = socket.create_connection(addr, timeout=IO_TIMEOUT)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                upstreams[addr] = (s, bytearray())
+            s, ubuf = upstreams[addr]
+            try:
+                s.sendall(req.raw)
+                resp = read_response(s, ubuf, req.method)
+                break
+            except (EOFError, OSError):
+                s.close()
+                del upstreams[addr]
+                if attempt:
+                    raise
+        self._count("proxied")
+        conn.sendall(resp)
+
+    def _relay_opaque(self, conn: socket.socket, buf: bytearray, st: L.Client | None) -> None:
+        """Not HTTP/1.x: relay the stream to the endpoint the service's catch-all would use."""
+        rt_name = self.route_table_name(st.rt_id) if st is not None else None
+        table = self.tables.route_tables.get(rt_name or "")
+        ep = None
+        if table is not None and st is not None:
+            vip = socket.inet_ntoa(struct.pack("=I", st.vip))
+            d = model.route(table, model.Request(authority=f"{vip}:{socket.ntohs(st.port)}"),
+                            self.tables.clusters)
+            cluster = self.tables.clusters.get(d.cluster or "")
+            ep = self.picker.pick(cluster) if cluster is not None else None
+        if ep is None:
+            return
+        up = socket.create_connection((ep.address, ep.port), timeout=IO_TIMEOUT)
+        try:
+            up.sendall(bytes(buf))
+            buf.clear()
+            conn.settimeout(IO_TIMEOUT)
+            up.settimeout(IO_TIMEOUT)
+
+            def pump(src: socket.socket, dst: socket.socket) -> None:
+                try:
+                    while data := src.recv(1 << 16):
+                        dst.sendall(data)
+                except OSError:
+                    pass
+                try:
+                    dst.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+
+            t = threading.Thread(target=pump, args=(up, conn), daemon=True)
+            t.start()
+            pump(conn, up)
+            t.join(IO_TIMEOUT)
+        finally:
+            up.close()
+

@@ -1,0 +1,41 @@
+"""Per-request routing on one keep-alive connection (the product)."""
+
+from __future__ import annotations
+
+from tests.kernel.conftest import Client, Mesh, http, make_backends
+from tests.kernel.tables_util import cluster, http_tables, rule, to, vhost
+from translator.tables import PathKind, StringKind, ValueMatch
+
+VIP, PORT = "127.10.0.1", 8080
+
+
+def test_each_request_lands_on_its_routes_backend(mesh: Mesh, client: Client, backends) -> None:
+    b1, b2, b3 = make_backends(backends, "b1", "b2", "b3")
+    tables = http_tables(VIP, PORT, [vhost("svc", ["svc.test", "svc.test:8080"], [
+        # last-match-wins order: the catch-all first
+        rule("/", action=to("c1")),
+        rule("/api", action=to("c2")),
+        rule("/api/special", PathKind.EXACT, action=to("c3")),
+        rule("/", action=to("c3"),
+             headers=(ValueMatch("x-canary", StringKind.EXACT, "yes"),)),
+    ])], [cluster("c1", [b1]), cluster("c2", [b2]), cluster("c3", [b3])])
+    mesh.dp.apply(tables)
+    before = mesh.counters()
+    client.connect("a", VIP, PORT)
+    cases = [
+        (http("GET", "/", "svc.test"), "b1"),
+        (http("GET", "/api/x", "svc.test"), "b2"),
+        (http("GET", "/api/special", "svc.test"), "b3"),
+        (http("GET", "/api/special/x", "svc.test"), "b2"),
+        (http("GET", "/other", "svc.test:8080", {"x-canary": "yes"}), "b3"),
+        (http("GET", "/api", "svc.test", {"x-canary": "no"}), "b2"),
+        (http("GET", "/", "SVC.TEST"), "b1"),
+    ] * 5
+    got = client.requests("a", [raw for raw, _ in cases])
+    assert [r["headers"]["x-backend"] for r in got] == [want for _, want in cases]
+    after = mesh.counters()
+    assert after["fast"] - before["fast"] == len(cases)
+    assert after["resp_done"] - before["resp_done"] == len(cases)
+    slow = {k: after[k] - before[k] for k in ("not_http", "parse_limit", "pipelined",
+                                              "pool_empty", "rule_user", "no_route")}
+    assert not any(slow.values()), slow

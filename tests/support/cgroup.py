@@ -1,0 +1,91 @@
+"""A dedicated child cgroup v2 for kernel tests, and client processes placed in it.
+
+Safety: programs are attached only to a cgroup this module created
+(``sockmesh-test-<pid>-<n>`` under the cgroup v2 root); only processes the test started are
+moved into it; teardown ends those processes by PID and removes the cgroup, also on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+CGROUP2_ROOT = Path("/sys/fs/cgroup/unified")
+BPFFS = Path("/sys/fs/bpf")
+PREFIX = "sockmesh-test-"
+_seq = itertools.count()
+
+
+def sweep_leftovers() -> None:
+    """Remove sockmesh-test-* cgroups and pin dirs left by an earlier run of this suite
+    whose process is gone (the pid is part of the name)."""
+    for base in (CGROUP2_ROOT, BPFFS):
+        for path in base.glob(f"{PREFIX}*"):
+            pid = path.name[len(PREFIX):].split("-")[0]
+            if pid.isdigit() and Path(f"/proc/{pid}").exists():
+                continue
+            if base == BPFFS:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+
+
+def _wait_empty(path: Path, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if not (path / "cgroup.procs").read_text().split():
+            return
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def test_cgroup() -> Iterator[Path]:
+    """Create a fresh child cgroup; yield its path; remove it afterwards."""
+    path = CGROUP2_ROOT / f"{PREFIX}{os.getpid()}-{next(_seq)}"
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        _wait_empty(path, time.monotonic() + 5.0)
+        for _ in range(50):
+            try:
+                path.rmdir()
+                break
+            except OSError:
+                time.sleep(0.02)
+
+
+def pin_dir_for(cgroup: Path) -> Path:
+    """The bpffs pin dir a test uses for the datapath attached to ``cgroup``."""
+    return BPFFS / cgroup.name
+
+
+def spawn_in_cgroup(argv: list[str], cgroup: Path, **kw: object) -> subprocess.Popen[bytes]:
+    """Start argv blocked on a pipe, move its PID into cgroup, then release it.
+
+    The child runs ``argv`` only after reading one byte from a pipe, so nothing it does
+    (connect() in particular) happens before it is in the cgroup.
+    """
+    r, w = os.pipe()
+    gate = [sys.executable, "-c",
+            "import os,sys; fd=int(sys.argv[1]); os.read(fd,1); os.close(fd); "
+            "os.execvp(sys.argv[2], sys.argv[2:])", str(r)]
+    proc = subprocess.Popen(gate + argv, pass_fds=(r,), **kw)  # type: ignore[call-overload]
+    os.close(r)
+    try:
+        (cgroup / "cgroup.procs").write_text(str(proc.pid))
+        os.write(w, b"x")
+    except BaseException:
+        proc.kill()
+        proc.wait(5)
+        raise
+    finally:
+        os.close(w)
+    return proc
