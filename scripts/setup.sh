@@ -106,4 +106,30 @@ if [ -f tests/peers/node/package.json ]; then
     fi
 fi
 
+# --- deploy/ tooling: Helm and kustomize, built from their Go modules ---------------
+# The tests render deploy/helm/sockmesh and deploy/kubernetes with the real engines. Both are
+# built from the Go module proxy at pinned versions into .cache/tools/ (ignored); the stable
+# names .cache/tools/bin/{helm,kustomize} point at the pinned builds. Cold: ~N min on 2 cores.
+HELM_VERSION="v3.21.4"
+KUSTOMIZE_VERSION="v5.8.1"
+TOOLS_DIR="$ROOT/.cache/tools"
+build_go_tool() {  # NAME VERSION PACKAGE
+    local name="$1" version="$2" pkg="$3" dest="$TOOLS_DIR/$1-$2"
+    if [ ! -x "$dest/$name" ]; then
+        local go_bin
+        go_bin="$(command -v go || echo /usr/local/go/bin/go)"
+        if [ ! -x "$go_bin" ]; then
+            log "go not found: needed to build $name $version for the deploy/ tests"
+            exit 1
+        fi
+        log "building $name $version from $pkg into $dest"
+        mkdir -p "$dest"
+        GOBIN="$dest" CGO_ENABLED=0 GOTOOLCHAIN=local "$go_bin" install "$pkg@$version"
+    fi
+    mkdir -p "$TOOLS_DIR/bin"
+    ln -sfn "../$name-$version/$name" "$TOOLS_DIR/bin/$name"
+}
+build_go_tool helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+build_go_tool kustomize "$KUSTOMIZE_VERSION" sigs.k8s.io/kustomize/kustomize/v5
+
 log "ready"
