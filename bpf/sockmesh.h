@@ -1,7 +1,7 @@
 /* sockmesh.h - the only contract between the kernel programs and the Python side in bpf/.
  *
- * Every struct here has a ctypes twin in bpf/layout.py; tests/kernel/test_layout.py compiles
- * tests/kernel/layout_probe.bpf.c against this header and asserts sizes and offsets match.
+ * Every struct here has a ctypes twin in bpf/layout.py; tests/kernel/test_layout.py reads the
+ * BTF of the loaded programs and asserts sizes and member offsets match.
  * Limits are named SM_* constants; bpf/limits.py parses them from this file so Python never
  * retypes one.  Byte order: "net" = network order as the socket structs give it, "host" =
  * host order.  Every map lives pinned under SM_PIN_DIR (a -D flag from the loader), so the
