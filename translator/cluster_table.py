@@ -9,6 +9,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf.message import Message
 
 from translator.errors import TranslationError, resource_label
+from translator.proto_validate import validate_message
 from translator.tables import Cluster, Endpoint, Health, LbPolicy
 
 _C = cluster_pb2.Cluster
@@ -71,6 +72,18 @@ def _lb_policy(c: cluster_pb2.Cluster, where: str) -> tuple[LbPolicy, bool]:
     return policy
 
 
+def _ipv4(text: str) -> str | None:
+    """Dotted-quad IPv4 (no leading zeros, like inet_pton), or None."""
+    parts = text.split(".")
+    if len(parts) != 4:
+        return None
+    for p in parts:
+        if not p.isdigit() or not p.isascii() or len(p) > 3 or (len(p) > 1 and p[0] == "0") \
+                or int(p) > 255:
+            return None
+    return text
+
+
 def _address(sa: Message, where: str, field: str, dns_ok: bool) -> tuple[str, int] | None:
     """socket_address -> (IPv4, port); None for a DNS name in a DNS cluster."""
     port = sa.port_value
@@ -78,16 +91,15 @@ def _address(sa: Message, where: str, field: str, dns_ok: bool) -> tuple[str, in
         raise TranslationError(where, f"{field}.named_port: named ports are not supported")
     if not 0 < port <= 65535:
         raise TranslationError(where, f"{field}.port_value: {port} is not in 1..65535")
+    addr = _ipv4(sa.address)
+    if addr is not None:
+        return addr, port
     try:
-        addr = ipaddress.ip_address(sa.address)
+        ipaddress.ip_address(sa.address)
     except ValueError:
         if dns_ok and sa.address:
             return None
-        raise TranslationError(where, f"{field}.address: {sa.address!r} is not an IPv4 "
-                               "address") from None
-    if addr.version != 4:
-        raise TranslationError(where, f"{field}.address: {sa.address!r} is not an IPv4 address")
-    return str(addr), port
+    raise TranslationError(where, f"{field}.address: {sa.address!r} is not an IPv4 address")
 
 
 def _endpoints(cla: endpoint_pb2.ClusterLoadAssignment, where: str, prefix: str,
@@ -124,26 +136,35 @@ def _endpoints(cla: endpoint_pb2.ClusterLoadAssignment, where: str, prefix: str,
     return tuple(out), unresolved
 
 
+def cla_endpoints(cla: endpoint_pb2.ClusterLoadAssignment) -> tuple[Endpoint, ...]:
+    """Validate a ClusterLoadAssignment (what an EDS NACK needs) and return its endpoints."""
+    where = resource_label("ClusterLoadAssignment", cla.cluster_name)
+    validate_message(cla, where)
+    return _endpoints(cla, where, "", dns_ok=False)[0]
+
+
 def validate_cla(cla: endpoint_pb2.ClusterLoadAssignment) -> None:
     """Per-resource validation of a ClusterLoadAssignment (what an EDS NACK needs)."""
-    where = resource_label("ClusterLoadAssignment", cla.cluster_name)
-    if not cla.cluster_name:
-        raise TranslationError(where, "cluster_name: is required")
-    _endpoints(cla, where, "", dns_ok=False)
+    cla_endpoints(cla)
 
 
 def translate_cluster(c: cluster_pb2.Cluster,
                       cla: endpoint_pb2.ClusterLoadAssignment | None) -> Cluster:
+    """Validate a Cluster and build its table entry (see build_cluster)."""
+    return build_cluster(c, cla_endpoints(cla) if cla is not None else None)
+
+
+def build_cluster(c: cluster_pb2.Cluster, eds_endpoints: tuple[Endpoint, ...] | None) -> Cluster:
     """Validate a Cluster and build its table entry.
 
-    EDS clusters take their endpoints from ``cla`` (``has_endpoints`` is False until it is
-    given); other clusters use their inline ``load_assignment``.  DNS names in DNS clusters
+    EDS clusters take their endpoints from their ClusterLoadAssignment, already validated and
+    parsed by ``cla_endpoints`` (``has_endpoints`` is False while it is None); other clusters
+    use their inline ``load_assignment``.  DNS names in DNS clusters
     cannot be resolved by the pure translator: such endpoints are left out and the cluster
     lists ``dns_resolution`` as not enforced.
     """
     where = resource_label("Cluster", c.name)
-    if not c.name:
-        raise TranslationError(where, "name: is required")
+    validate_message(c, where)
     kind = discovery_type(c)
     if kind.startswith("UNKNOWN("):
         raise TranslationError(where, f"type: unknown discovery type {c.type}")
@@ -172,12 +193,8 @@ def translate_cluster(c: cluster_pb2.Cluster,
                                    "in [0, 100]")
     dns = kind in ("STRICT_DNS", "LOGICAL_DNS")
     if kind == "EDS":
-        has_endpoints = cla is not None
-        if cla is not None:
-            endpoints, _ = _endpoints(cla, resource_label("ClusterLoadAssignment",
-                                                          cla.cluster_name), "", dns_ok=False)
-        else:
-            endpoints = ()
+        has_endpoints = eds_endpoints is not None
+        endpoints = eds_endpoints or ()
     else:
         has_endpoints = True
         endpoints, unresolved = _endpoints(c.load_assignment, where, "load_assignment.",

@@ -18,6 +18,7 @@ from envoy.config.route.v3 import route_pb2
 from google.protobuf.message import Message
 
 from translator.errors import TranslationError, resource_label
+from translator.proto_validate import validate_message
 from translator.tables import (
     Action,
     ActionKind,
@@ -152,9 +153,10 @@ def _path_match(m: rc.RouteMatch, where: str, field: str) -> PathMatch:
         return PathMatch(PathKind.EXACT, m.path, case_sensitive)
     if which == "path_separated_prefix":
         p = m.path_separated_prefix
-        if len(p) < 2 or "?" in p or "#" in p or p.endswith("/") or not p.startswith("/"):
-            raise TranslationError(where, f"{field}.path_separated_prefix: {p!r} must start "
-                                   "with '/', not end with '/' and not contain '?' or '#'")
+        # Envoy's proto pattern ^[^?#]+[^?#/]$ (also checked by proto_validate)
+        if len(p) < 2 or "?" in p or "#" in p or p.endswith("/"):
+            raise TranslationError(where, f"{field}.path_separated_prefix: {p!r} must not "
+                                   "end with '/' nor contain '?' or '#'")
         return PathMatch(PathKind.PATH_SEPARATED_PREFIX, p, case_sensitive)
     if which == "safe_regex":
         compile_regex(m.safe_regex.regex, where, f"{field}.safe_regex.regex")
@@ -349,8 +351,6 @@ def _check_domains(rc_msg: route_pb2.RouteConfiguration, where: str) -> None:
                                 and domain != "*"):
                 raise TranslationError(where, f"{field}: bad wildcard in domain {raw!r} ('*' "
                                        "only as the whole domain, first or last character)")
-            if any(c.isspace() for c in domain):
-                raise TranslationError(where, f"{field}: invalid domain {raw!r}")
             if domain in seen:
                 raise TranslationError(where, f"{field}: duplicate domain {raw!r} (also in "
                                        f"virtual_hosts[{seen[domain]}]); domains must be "
@@ -363,6 +363,7 @@ def translate_route_config(rc_msg: route_pb2.RouteConfiguration,
     """Validate a RouteConfiguration and flatten it into a RouteTable (rules reversed)."""
     table_name = name if name is not None else rc_msg.name
     where = resource_label("RouteConfiguration", table_name)
+    validate_message(rc_msg, where)  # Envoy's proto constraints first, as Envoy does
     max_body = (rc_msg.max_direct_response_body_size_bytes.value
                 if rc_msg.HasField("max_direct_response_body_size_bytes") else _DEFAULT_MAX_BODY)
     _check_domains(rc_msg, where)

@@ -30,6 +30,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from translator.errors import TranslationError, resource_label
+from translator.proto_validate import validate_message
 from translator.tables import Service, ServiceKind
 
 _HCM = hcm_pb2.HttpConnectionManager
@@ -61,6 +62,7 @@ def _chain_target(chain: listener_components_pb2.FilterChain, listener_name: str
         ffield = f"{field}.filters[{i}]"
         if filt.typed_config.Is(_HCM.DESCRIPTOR):
             hcm = _unpack(filt, _HCM, where, ffield)
+            validate_message(hcm, where, f"{ffield}.typed_config")
             which = hcm.WhichOneof("route_specifier")
             if which == "rds":
                 if not hcm.rds.route_config_name:
@@ -73,6 +75,7 @@ def _chain_target(chain: listener_components_pb2.FilterChain, listener_name: str
             return None  # scoped_routes: not supported, skip the chain
         if filt.typed_config.Is(_TCP_PROXY.DESCRIPTOR):
             tp = _unpack(filt, _TCP_PROXY, where, ffield)
+            validate_message(tp, where, f"{ffield}.typed_config")
             if tp.WhichOneof("cluster_specifier") == "cluster":
                 return ServiceKind.TCP, tp.cluster, None
             if tp.WhichOneof("cluster_specifier") == "weighted_clusters" and \
@@ -124,6 +127,7 @@ def listener_targets(listener: listener_pb2.Listener) -> ListenerTargets:
     """Validate a Listener and return what it contributes to the service table."""
     name = listener.name
     where = resource_label("Listener", name)
+    validate_message(listener, where)
     if not name:
         raise TranslationError(where, "name: is required")
     if listener.HasField("api_listener"):

@@ -19,11 +19,11 @@ from envoy.config.route.v3 import route_pb2
 from google.protobuf.message import Message
 
 from translator import resources as res
-from translator.cluster_table import eds_service_name, translate_cluster, validate_cla
+from translator.cluster_table import build_cluster, cla_endpoints, eds_service_name
 from translator.errors import TranslationError, resource_label
 from translator.route_table import referenced_clusters, translate_route_config
 from translator.service_table import ListenerTargets, listener_targets
-from translator.tables import Cluster, RouteTable, Service, Tables
+from translator.tables import Cluster, Endpoint, RouteTable, Service, Tables
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -99,7 +99,7 @@ class TableBuilder:
 
     def __init__(self, resources: res.ResourceSet | None = None) -> None:
         self._cluster_msgs: dict[str, cluster_pb2.Cluster] = {}
-        self._clas: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
+        self._clas: dict[str, tuple[Endpoint, ...]] = {}  # CLA name -> parsed endpoints
         self._eds_users: dict[str, set[str]] = {}  # CLA name -> clusters using it
         self._clusters: dict[str, Cluster] = {}
         self._rds: dict[str, RouteTable] = {}
@@ -115,8 +115,7 @@ class TableBuilder:
 
     def _load(self, rs: res.ResourceSet) -> None:
         for name in sorted(rs.endpoints):
-            validate_cla(rs.endpoints[name])
-            self._clas[name] = rs.endpoints[name]
+            self._clas[name] = cla_endpoints(rs.endpoints[name])
         for name in sorted(rs.clusters):
             self._set_cluster_msg(rs.clusters[name])
             self._clusters[name] = self._translate_cluster(name)
@@ -154,7 +153,7 @@ class TableBuilder:
 
     def _translate_cluster(self, name: str) -> Cluster:
         c = self._cluster_msgs[name]
-        return translate_cluster(c, self._clas.get(eds_service_name(c)))
+        return build_cluster(c, self._clas.get(eds_service_name(c)))
 
     def _translate_listener(self, listener: listener_pb2.Listener
                             ) -> tuple[ListenerTargets, dict[str, RouteTable]]:
@@ -196,16 +195,14 @@ class TableBuilder:
 
     def _apply_cla(self, name: str, cla: endpoint_pb2.ClusterLoadAssignment | None) -> TablesDiff:
         users = sorted(self._eds_users.get(name, ()))
-        if cla is not None:
-            validate_cla(cla)
+        endpoints = cla_endpoints(cla) if cla is not None else None
         updated = {}
         for cname in users:
-            c = self._cluster_msgs[cname]
-            updated[cname] = translate_cluster(c, cla)
-        if cla is None:
+            updated[cname] = build_cluster(self._cluster_msgs[cname], endpoints)
+        if endpoints is None:
             self._clas.pop(name, None)
         else:
-            self._clas[name] = cla
+            self._clas[name] = endpoints
         changed = {}
         for cname, new in updated.items():
             if self._clusters.get(cname) != new:
@@ -221,7 +218,7 @@ class TableBuilder:
             self._eds_users.get(eds_service_name(old), set()).discard(name)
             del self._clusters[name]
             return TablesDiff(clusters=KeyedDiff(removed=(name,)))
-        new = translate_cluster(c, self._clas.get(eds_service_name(c)))
+        new = build_cluster(c, self._clas.get(eds_service_name(c)))
         self._set_cluster_msg(c)
         if self._clusters.get(name) == new:
             return TablesDiff()

@@ -63,11 +63,11 @@ def test_good_route_config_validates() -> None:
     (lambda o: route0(o).update(match={"safe_regex": {"regex": "a("}}),
      "virtual_hosts[0].routes[0].match.safe_regex.regex", "invalid regex"),
     (lambda o: route0(o).pop("match"), "virtual_hosts[0].routes[0].match", "required"),
-    (lambda o: route0(o)["match"].pop("prefix"), "virtual_hosts[0].routes[0].match",
-     "path specifier"),
-    (lambda o: route0(o).pop("route"), "virtual_hosts[0].routes[0]", "action"),
-    (lambda o: route0(o)["route"].pop("cluster"), "virtual_hosts[0].routes[0].route",
-     "cluster specifier"),
+    (lambda o: route0(o)["match"].pop("prefix"),
+     "virtual_hosts[0].routes[0].match.path_specifier", "exactly one of"),
+    (lambda o: route0(o).pop("route"), "virtual_hosts[0].routes[0].action", "exactly one of"),
+    (lambda o: route0(o)["route"].pop("cluster"),
+     "virtual_hosts[0].routes[0].route.cluster_specifier", "exactly one of"),
     (lambda o: o["virtual_hosts"][1]["domains"].append("A.com"),
      "virtual_hosts[1].domains[1]", "duplicate domain"),
     (lambda o: o["virtual_hosts"][0]["domains"].append("*"), "virtual_hosts[1].domains[0]",
@@ -77,7 +77,7 @@ def test_good_route_config_validates() -> None:
     (lambda o: o["virtual_hosts"][0]["domains"].append("*a*"),
      "virtual_hosts[0].domains[2]", "bad wildcard"),
     (lambda o: o["virtual_hosts"][0].update(domains=[]), "virtual_hosts[0].domains",
-     "at least one"),
+     "at least 1"),
     (lambda o: o["virtual_hosts"][1]["routes"][0]["route"]["weighted_clusters"]["clusters"][0]
      .update(weight=0), "virtual_hosts[1].routes[0].route.weighted_clusters",
      "greater than 0"),
@@ -85,7 +85,7 @@ def test_good_route_config_validates() -> None:
         "regex": "[z-a]"}}]), ("virtual_hosts[0].routes[0].match.headers[0].safe_regex_match"
      ".regex"), "invalid regex"),
     (lambda o: route0(o)["match"].update(headers=[{"exact_match": "v"}]),
-     "virtual_hosts[0].routes[0].match.headers[0].name", "required"),
+     "virtual_hosts[0].routes[0].match.headers[0].name", "must not be empty"),
     (lambda o: route0(o)["match"].update(query_parameters=[{"name": "q", "string_match": {
         "safe_regex": {"regex": "(?=x)"}}}]),
      "virtual_hosts[0].routes[0].match.query_parameters[0].string_match.safe_regex.regex",
@@ -94,15 +94,19 @@ def test_good_route_config_validates() -> None:
         "prefix": ""}}]), "virtual_hosts[0].routes[0].match.headers[0].string_match.prefix",
      "must not be empty"),
     (lambda o: route0(o).update(match={"path_separated_prefix": "/a/"}),
-     "virtual_hosts[0].routes[0].match.path_separated_prefix", "not end with"),
+     "virtual_hosts[0].routes[0].match.path_separated_prefix", "does not match pattern"),
     (lambda o: route0(o).update(match={"path_separated_prefix": "/a?b"}),
-     "virtual_hosts[0].routes[0].match.path_separated_prefix", "'?'"),
+     "virtual_hosts[0].routes[0].match.path_separated_prefix", "does not match pattern"),
     (lambda o: route0(o).update(route=None, direct_response={"status": 99}),
-     "virtual_hosts[0].routes[0].direct_response.status", "[200, 600)"),
+     "virtual_hosts[0].routes[0].direct_response.status", "must be >= 200 and < 600"),
     (lambda o: route0(o).update(route=None, redirect={"regex_rewrite": {
         "pattern": {"regex": "("}, "substitution": "x"}}),
      "virtual_hosts[0].routes[0].redirect.regex_rewrite.pattern", "invalid regex"),
-    (lambda o: o["virtual_hosts"][0].pop("name"), "virtual_hosts[0].name", "required"),
+    (lambda o: o["virtual_hosts"][0].pop("name"), "virtual_hosts[0].name", "must not be empty"),
+    (lambda o: o["virtual_hosts"][0]["domains"].append("a\nb"), "virtual_hosts[0].domains[2]",
+     "not a valid HTTP header value"),
+    (lambda o: route0(o)["match"].update(headers=[{"name": "x", "prefix_match": ""}]),
+     "virtual_hosts[0].routes[0].match.headers[0].prefix_match", "must not be empty"),
     (lambda o: route0(o).update(route=None, direct_response={"status": 200, "body": {
         "inline_string": "x" * 5000}}), "virtual_hosts[0].routes[0].direct_response.body",
      "max_direct_response_body_size_bytes"),
@@ -209,6 +213,21 @@ def test_unknown_lb_policy_value_is_an_error() -> None:
         validate_resource(CLUSTER, msg)
 
 
+def test_envoy_proto_constraints_are_enforced() -> None:
+    for extra, field, problem in [
+        ({"connect_timeout": "0s"}, "connect_timeout", "must be > 0"),
+        ({"least_request_lb_config": {"choice_count": 1}},
+         "least_request_lb_config.choice_count", "must be >= 2"),
+    ]:
+        with pytest.raises(TranslationError) as info:
+            validate_resource(CLUSTER, parse_resource(eds_cluster(**extra)))
+        assert info.value.detail.startswith(f"{field}: ")
+        assert problem in info.value.detail
+    msg = parse_resource(cla("c", {"priority": 129, "lb_endpoints": [lb_ep("10.0.0.1", 80)]}))
+    with pytest.raises(TranslationError, match=r"endpoints\[0\]\.priority: 129 must be <= 128"):
+        validate_resource(CLUSTER_LOAD_ASSIGNMENT, msg)
+
+
 def test_istio_cluster_fields_are_carried_as_not_enforced() -> None:
     c = translate_cluster(parse_resource(eds_cluster(
         connect_timeout="10s", circuit_breakers={"thresholds": [{"max_connections": 1}]})), None)
@@ -238,7 +257,7 @@ def test_port_out_of_range_is_rejected_at_parse_or_translate() -> None:
 
 
 def test_cluster_without_name() -> None:
-    with pytest.raises(TranslationError, match="^Cluster '' name: is required"):
+    with pytest.raises(TranslationError, match="^Cluster '' name: must not be empty"):
         validate_resource(CLUSTER, parse_resource({"@type": CLUSTER, "type": "STATIC"}))
 
 

@@ -218,7 +218,7 @@ def ref_first_match(cfg: dict[str, Any], req: Request) -> tuple[str | None, int 
     return vh["name"], None
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(route_config(), st.lists(request(), min_size=1, max_size=8))
 def test_last_match_on_reversed_table_equals_envoy_first_match(
         cfg: dict[str, Any], requests: list[Request]) -> None:
@@ -274,7 +274,7 @@ def mangled_route_config(draw: st.DrawFn) -> dict[str, Any]:
     return mutate(draw, cfg)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mangled_route_config(), st.lists(request(), max_size=3))
 def test_random_route_configs_never_crash(cfg: dict[str, Any], requests: list[Request]) -> None:
     try:
