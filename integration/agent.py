@@ -67,12 +67,10 @@ DatapathFactory = Callable[[list[Path], Path], Datapath]
 
 def default_datapath(cgroups: list[Path], pin_dir: Path) -> Datapath:
     """bpf's Datapath on ``cgroups`` with maps pinned under ``pin_dir``."""
-    import bpf  # imported late: the xDS side of the agent runs without bpf's dependencies
+    # imported late: the xDS side of the agent runs without bpf's dependencies (libbpf, bcc)
+    from bpf.datapath import Datapath as BpfDatapath
 
-    factory = getattr(bpf, "Datapath", None)
-    if factory is None:
-        raise RuntimeError("this build of bpf/ has no Datapath")
-    return factory(cgroups, pin_dir)  # type: ignore[no-any-return]
+    return BpfDatapath(cgroups, pin_dir)
 
 
 @dataclass

@@ -61,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the subcommand's options."""
     parser.add_argument("--out", type=Path, default=Path("sockmesh-demo-report"),
                         help="report directory (default ./sockmesh-demo-report)")
-    parser.add_argument("--requests", type=int, default=3000, metavar="N",
-                        help="requests the client sends (3000)")
+    parser.add_argument("--requests", type=int, default=5000, metavar="N",
+                        help="requests the client sends (5000)")
     parser.add_argument("--workers", type=int, default=8, metavar="N",
                         help="concurrent client connections per service (8)")
     parser.add_argument("--max-seconds", type=float, default=50.0, metavar="S",
@@ -281,21 +281,15 @@ class Demo:
         return records
 
     async def _cleanup(self) -> None:
-        for proc in (self.client, self.backends):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    await asyncio.to_thread(proc.wait, 5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    await asyncio.to_thread(proc.wait, 5)
-            if proc is not None and proc.stdout is not None:
-                proc.stdout.close()
+        # client first (it is in the cgroup), then the agent (its pools would otherwise try
+        # to reconnect to backends going away), then the backends
+        await _end(self.client)
         if self.agent is not None:
             try:
                 await self.agent.stop(detach=True)
             except Exception as exc:  # noqa: BLE001 - keep cleaning up
                 print(f"sockmesh demo: agent stop: {exc}", file=sys.stderr)
+        await _end(self.backends)
         if self.server is not None:
             await self.server.stop(grace=0.5)
         if self.pin_dir is not None and self.pin_dir.exists():
@@ -305,6 +299,21 @@ class Demo:
                 cgroups.remove(self.cgroup)
             except OSError as exc:
                 print(f"sockmesh demo: could not remove {self.cgroup}: {exc}", file=sys.stderr)
+
+
+async def _end(proc: subprocess.Popen[str] | None) -> None:
+    """Terminate a process we started (by its PID) and reap it."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            await asyncio.to_thread(proc.wait, 5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait, 5)
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def _env() -> dict[str, str]:
