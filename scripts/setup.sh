@@ -113,8 +113,8 @@ fi
 HELM_VERSION="v3.21.4"
 KUSTOMIZE_VERSION="v5.8.1"
 TOOLS_DIR="$ROOT/.cache/tools"
-build_go_tool() {  # NAME VERSION PACKAGE
-    local name="$1" version="$2" pkg="$3" dest="$TOOLS_DIR/$1-$2"
+build_go_tool() {  # NAME VERSION PACKAGE [LDFLAGS]
+    local name="$1" version="$2" pkg="$3" ldflags="${4:-}" dest="$TOOLS_DIR/$1-$2"
     if [ ! -x "$dest/$name" ]; then
         local go_bin
         go_bin="$(command -v go || echo /usr/local/go/bin/go)"
@@ -124,12 +124,15 @@ build_go_tool() {  # NAME VERSION PACKAGE
         fi
         log "building $name $version from $pkg into $dest"
         mkdir -p "$dest"
-        GOBIN="$dest" CGO_ENABLED=0 GOTOOLCHAIN=local "$go_bin" install "$pkg@$version"
+        GOBIN="$dest" CGO_ENABLED=0 GOTOOLCHAIN=local \
+            "$go_bin" install -ldflags "$ldflags" "$pkg@$version"
     fi
     mkdir -p "$TOOLS_DIR/bin"
     ln -sfn "../$name-$version/$name" "$TOOLS_DIR/bin/$name"
 }
-build_go_tool helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+# helm reports its version from a linker flag its Makefile sets; without it, "v3.21"
+build_go_tool helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 build_go_tool kustomize "$KUSTOMIZE_VERSION" sigs.k8s.io/kustomize/kustomize/v5
 
 log "ready"
