@@ -186,11 +186,17 @@ def build_cluster(c: cluster_pb2.Cluster, eds_endpoints: tuple[Endpoint, ...] | 
                 raise TranslationError(where, "least_request_lb_config.active_request_bias: "
                                        "must be >= 0")
     panic = 50.0
-    if c.HasField("common_lb_config") and c.common_lb_config.HasField("healthy_panic_threshold"):
-        panic = c.common_lb_config.healthy_panic_threshold.value
-        if not 0.0 <= panic <= 100.0:
-            raise TranslationError(where, "common_lb_config.healthy_panic_threshold: must be "
-                                   "in [0, 100]")
+    if c.HasField("common_lb_config"):
+        common = c.common_lb_config
+        if common.HasField("healthy_panic_threshold"):
+            panic = common.healthy_panic_threshold.value
+            if not 0.0 <= panic <= 100.0:
+                raise TranslationError(where, "common_lb_config.healthy_panic_threshold: must "
+                                       "be in [0, 100]")
+        # the panic threshold is honoured; list only the rest of common_lb_config
+        not_enforced.remove("common_lb_config")
+        not_enforced += [f"common_lb_config.{f.name}" for f, _ in common.ListFields()
+                         if f.name != "healthy_panic_threshold"]
     dns = kind in ("STRICT_DNS", "LOGICAL_DNS")
     if kind == "EDS":
         has_endpoints = eds_endpoints is not None

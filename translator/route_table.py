@@ -371,6 +371,10 @@ def translate_route_config(rc_msg: route_pb2.RouteConfiguration,
     for vi, vh in enumerate(rc_msg.virtual_hosts):
         if not vh.name:
             raise TranslationError(where, f"virtual_hosts[{vi}].name: is required")
+        if vh.HasField("matcher"):
+            # a matcher tree replaces the route list; ignoring it would mis-route silently
+            raise TranslationError(where, f"virtual_hosts[{vi}].matcher: matcher-tree routing "
+                                   "is not supported by sockmesh")
         rules = [translate_route(r, ri, where, f"virtual_hosts[{vi}].routes[{ri}]", max_body)
                  for ri, r in enumerate(vh.routes)]
         rules.reverse()  # last-match-wins order: the last matching rule is Envoy's first

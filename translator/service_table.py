@@ -17,7 +17,7 @@ listeners, non-IPv4 addresses, TLS-only or SNI chains, chains matching on the so
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,10 +191,21 @@ def listener_targets(listener: listener_pb2.Listener) -> ListenerTargets:
     return ListenerTargets(services, tuple(sorted(inline.items())))
 
 
+def merge_services(targets: Mapping[str, ListenerTargets]) -> dict[tuple[str, int], Service]:
+    """(vip, port) -> Service over listeners taken in name order; the first one wins a key."""
+    out: dict[tuple[str, int], Service] = {}
+    for _, t in sorted(targets.items()):
+        for svc in t.services:
+            out.setdefault((svc.vip, svc.port), svc)
+    return out
+
+
+def sorted_services(services: Iterable[Service]) -> tuple[Service, ...]:
+    """Services in table order: by port, then VIP."""
+    return tuple(sorted(services, key=lambda s: (s.port, s.vip)))
+
+
 def services_from_listeners(listeners: Iterable[listener_pb2.Listener]) -> tuple[Service, ...]:
     """The service table of ``listeners``, sorted by (port, vip); first listener wins a key."""
-    out: dict[tuple[str, int], Service] = {}
-    for listener in sorted(listeners, key=lambda lst: lst.name):
-        for svc in listener_targets(listener).services:
-            out.setdefault((svc.vip, svc.port), svc)
-    return tuple(sorted(out.values(), key=lambda s: (s.port, s.vip)))
+    targets = {lst.name: listener_targets(lst) for lst in listeners}
+    return sorted_services(merge_services(targets).values())

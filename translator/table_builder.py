@@ -22,7 +22,12 @@ from translator import resources as res
 from translator.cluster_table import build_cluster, cla_endpoints, eds_service_name
 from translator.errors import TranslationError, resource_label
 from translator.route_table import referenced_clusters, translate_route_config
-from translator.service_table import ListenerTargets, listener_targets
+from translator.service_table import (
+    ListenerTargets,
+    listener_targets,
+    merge_services,
+    sorted_services,
+)
 from translator.tables import Cluster, Endpoint, RouteTable, Service, Tables
 
 K = TypeVar("K", bound=Hashable)
@@ -135,7 +140,7 @@ class TableBuilder:
         """The current tables (dicts sorted by name, services by port then VIP)."""
         route_tables = {**self._inline, **self._rds}
         return Tables(
-            services=tuple(sorted(self._services.values(), key=lambda s: (s.port, s.vip))),
+            services=sorted_services(self._services.values()),
             route_tables=dict(sorted(route_tables.items())),
             clusters=dict(sorted(self._clusters.items())),
             skipped_listeners=tuple((n, t.skipped) for n, t in sorted(self._listeners.items())
@@ -173,11 +178,7 @@ class TableBuilder:
         return out
 
     def _merge_services(self) -> dict[tuple[str, int], Service]:
-        out: dict[tuple[str, int], Service] = {}
-        for _, targets in sorted(self._listeners.items()):
-            for svc in targets.services:
-                out.setdefault((svc.vip, svc.port), svc)
-        return out
+        return merge_services(self._listeners)
 
     # ------------------------------------------------------------ updates
 

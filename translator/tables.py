@@ -71,6 +71,20 @@ class ValueMatch:
     ``:authority``, ``:scheme``, ``:path``).  ``invert`` flips the result (Envoy's
     ``invert_match``); ``present`` with ``kind == PRESENT`` says whether the name must be
     present (True) or absent (False).
+
+    Evaluation (translator.model is the reference; Envoy's header_utility):
+
+    * header value: all values of the name joined with ``,``; ``:path`` is path + query;
+      ``host`` is never found (Envoy keeps it as ``:authority``);
+    * PRESENT: ``(found == present) != invert``;
+    * any other kind on a missing header: False, even inverted, unless ``missing_as_empty``,
+      which matches against "";
+    * otherwise ``kind_matches(value) != invert``; ``ignore_case`` lower-cases both sides
+      (not for REGEX); REGEX is an RE2 full match; RANGE parses a decimal int64
+      (surrounding whitespace allowed) and tests ``range_start <= v < range_end``;
+    * Envoy's legacy ``exact_match: ""`` (any value) arrives as PREFIX "".
+    * query parameters: the first value of the name, not percent-decoded; a missing
+      parameter fails; PRESENT only needs the name (with or without ``=``).
     """
 
     name: str
@@ -129,7 +143,9 @@ class Rule:
     headers: tuple[ValueMatch, ...] = ()
     query: tuple[ValueMatch, ...] = ()
     action: Action = field(default_factory=lambda: Action(ActionKind.NO_ROUTE))
-    # Route fields carried but not enforced by the datapath ("retry_policy", "timeout", ...)
+    # Route fields carried but not enforced by the datapath ("retry_policy", "timeout", ...);
+    # rules with "match.runtime_fraction" (or other unevaluable match fields) are evaluated
+    # as if that condition held
     not_enforced: tuple[str, ...] = ()
     # Fields that need user space to honour them; the kernel hands such requests over
     needs_slow_path: tuple[str, ...] = ()

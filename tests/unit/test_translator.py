@@ -393,3 +393,23 @@ def test_translate_route_config_reverses_every_virtual_host() -> None:
     t = translate_route_config(parse_resource(obj))
     assert [r.envoy_index for r in t.virtual_hosts[0].rules] == [1, 0]
     assert [r.action.cluster for r in t.virtual_hosts[0].rules] == ["z", "c"]
+
+
+def test_matcher_tree_virtual_host_is_rejected_not_ignored() -> None:
+    obj = good_rc()
+    obj["virtual_hosts"][0]["matcher"] = {"on_no_match": {"action": {
+        "name": "route", "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.route.v3.Route",
+            "match": {"prefix": "/"}, "route": {"cluster": "c"}}}}}
+    err = rc_error(lambda o: o.update(obj))
+    assert err.detail.startswith("virtual_hosts[0].matcher: ")
+
+
+def test_panic_threshold_is_enforced_the_rest_of_common_lb_config_is_listed() -> None:
+    c = translate_cluster(parse_resource(eds_cluster(common_lb_config={
+        "healthy_panic_threshold": {"value": 10}})), None)
+    assert c.panic_threshold == 10.0
+    assert not any(f.startswith("common_lb_config") for f in c.not_enforced)
+    c = translate_cluster(parse_resource(eds_cluster(common_lb_config={
+        "locality_weighted_lb_config": {}})), None)
+    assert "common_lb_config.locality_weighted_lb_config" in c.not_enforced
