@@ -1,4 +1,5 @@
-"""The agent's loopback admin endpoint: ``/metrics`` (Prometheus), ``/status`` (JSON).
+"""The agent's loopback admin endpoint: ``/metrics`` (Prometheus), ``/status`` (JSON),
+``/ids`` (kernel id -> name, for ``sockmesh dump``).
 
 One small asyncio HTTP/1.0 server in the agent's event loop, bound to 127.0.0.1 by default
 (the ``--metrics-addr`` of ``sockmesh run``).  ``sockmesh status`` reads ``/status`` from it;
@@ -59,6 +60,9 @@ class AdminServer:
             return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
         if path == "/status":
             body = json.dumps(self.agent.status(), indent=2, sort_keys=True) + "\n"
+            return 200, "application/json", body.encode()
+        if path == "/ids":
+            body = json.dumps(self.agent.datapath_names(), sort_keys=True) + "\n"
             return 200, "application/json", body.encode()
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"

@@ -313,6 +313,15 @@ class Agent:
         }
         return out
 
+    def datapath_names(self) -> dict[str, dict[str, Any]]:
+        """Kernel ids -> names (clusters, route tables, endpoints) as the encoder assigned
+        them; ``sockmesh dump`` uses them to label what it reads from the maps."""
+        if self.datapath is None:
+            return {}
+        from integration import datapath_info as info
+
+        return info.names(getattr(self.datapath, "encoder", None))
+
     def datapath_status(self) -> dict[str, Any]:
         """Loaded or not (and why), cgroups, pins, program ids, map fill, counters."""
         dp = self.datapath
@@ -325,16 +334,21 @@ class Agent:
         }
         if dp is None:
             return out
-        for attr in ("adopted", "programs", "maps", "counters", "pools"):
-            fn = getattr(dp, attr if attr != "maps" else "map_fill", None)
-            if fn is None:
-                continue
+        from integration import datapath_info as info  # needs libbpf: only with a datapath
+
+        probes: dict[str, Callable[[], Any]] = {
+            "adopted": lambda: bool(getattr(getattr(dp, "loader", None), "reused", False)),
+            "programs": lambda: info.program_ids(self.config.pin_dir),
+            "maps": lambda: info.map_fill(self.config.pin_dir, getattr(dp, "encoder", None)),
+            "counters": lambda: dp.counters(),  # type: ignore[attr-defined]
+        }
+        for key, probe in probes.items():
             try:
-                out[attr] = fn() if callable(fn) else fn
+                out[key] = probe()
             except Exception as exc:  # noqa: BLE001 - status must not die on one probe
-                out[attr] = {"error": str(exc)}
+                out[key] = {"error": str(exc)}
         counters = out.get("counters")
-        if isinstance(counters, Mapping):
+        if isinstance(counters, Mapping) and "error" not in counters:
             out["fast_path_share"] = fast_path_share(counters)
         return out
 

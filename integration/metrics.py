@@ -8,7 +8,7 @@ state as they are at that moment.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -20,14 +20,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _call(obj: Any, name: str) -> Any:
-    fn = getattr(obj, name, None)
-    if fn is None:
-        return None
+def _safe(fn: Callable[[], Any], what: str) -> Any:
     try:
-        return fn() if callable(fn) else fn
+        return fn()
     except Exception as exc:  # noqa: BLE001 - one failing probe must not break the scrape
-        log.warning("metrics: datapath %s() failed: %s", name, exc)
+        log.warning("metrics: reading %s failed: %s", what, exc)
         return None
 
 
@@ -113,13 +110,16 @@ class AgentCollector(Collector):
         dp = a.datapath
         if dp is None:
             return
-        counters = _call(dp, "counters")
+        counters = _safe(dp.counters, "datapath counters")  # type: ignore[attr-defined]
         if isinstance(counters, Mapping):
             yield from self._counters(counters)
-        endpoints = _call(dp, "endpoint_stats")
+        from integration import datapath_info as info
+
+        endpoints = _safe(lambda: info.endpoint_stats(dp), "endpoint stats")
         if endpoints:
             yield from self._endpoints(endpoints)
-        fill = _call(dp, "map_fill")
+        fill = _safe(lambda: info.map_fill(a.config.pin_dir, getattr(dp, "encoder", None)),
+                     "map fill")
         if isinstance(fill, Mapping):
             entries = GaugeMetricFamily("sockmesh_map_entries", "entries in a kernel map",
                                         labels=["map"])

@@ -1,0 +1,126 @@
+"""Read-only views of a running datapath for status, metrics and dump.
+
+Everything here reads the kernel objects themselves (pinned programs and maps, via their
+fds and /proc/self/fdinfo) or the encoder's id tables (the only place names live: the kernel
+maps hold numeric ids).  Capacities come from the kernel's own ``max_entries``, so no limit
+is retyped here.
+"""
+
+from __future__ import annotations
+
+import ctypes as C
+import os
+from pathlib import Path
+from typing import Any
+
+from bpf import layout as L
+from bpf import maps as bpfmaps
+
+# hash maps whose fill is counted by walking their keys (arrays are counted by the encoder)
+_HASH_MAPS: dict[str, tuple[Any, Any]] = {
+    "sm_services_v1": (L.SvcKey, L.Service),
+    "sm_domains_v1": (L.DomKey, C.c_uint32),
+    "sm_hdrslots_v1": (C.c_uint64, C.c_uint32),
+    "sm_clients_v1": (L.SockKey, L.Client),
+    "sm_origdst_v1": (C.c_uint64, L.OrigDst),
+    "sm_poolports_v1": (L.SockKey, C.c_uint32),
+}
+
+
+def fdinfo(fd: int) -> dict[str, str]:
+    """The kernel's ``/proc/self/fdinfo`` fields of a BPF object fd."""
+    out = {}
+    for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
+        k, _, v = line.partition(":")
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _pinned_info(path: Path) -> dict[str, str]:
+    fd = bpfmaps.obj_get(path)
+    try:
+        return fdinfo(fd)
+    finally:
+        os.close(fd)
+
+
+def program_ids(pin_dir: Path) -> dict[str, int]:
+    """Pinned program name -> kernel program id (what ``bpftool prog`` shows)."""
+    out = {}
+    for path in sorted(Path(pin_dir).glob("prog_*")):
+        info = _pinned_info(path)
+        if "prog_id" in info:
+            out[path.name[len("prog_"):]] = int(info["prog_id"])
+    return out
+
+
+def map_fill(pin_dir: Path, encoder: Any = None) -> dict[str, tuple[int, int]]:
+    """Map name -> (entries in use, max_entries) for the maps whose fill matters."""
+    pin_dir = Path(pin_dir)
+    out: dict[str, tuple[int, int]] = {}
+    written = getattr(encoder, "_current", None) or {}
+    for path in sorted(pin_dir.glob("sm_*")):
+        name = path.name
+        info = _pinned_info(path)
+        cap = int(info.get("max_entries", 0))
+        if name in _HASH_MAPS:
+            k, v = _HASH_MAPS[name]
+            m = bpfmaps.PinnedMap(path, k, v)
+            try:
+                n = sum(1 for _ in m.keys())  # noqa: SIM118 - PinnedMap is not iterable
+            finally:
+                m.close()
+            out[name] = (n, cap)
+        elif name in written:
+            out[name] = (len(written[name]), cap)
+    return out
+
+
+def names(encoder: Any) -> dict[str, dict[str, Any]]:
+    """Id -> name tables of the encoder (clusters, route tables, endpoints), JSON keys."""
+    if encoder is None:
+        return {"clusters": {}, "route_tables": {}, "endpoints": {}}
+    return {
+        "clusters": {str(i): n for n, i in encoder.cluster_ids.ids.items()},
+        "route_tables": {str(i): n for n, i in encoder.rt_ids.ids.items()},
+        "endpoints": {str(i): list(a) for i, a in encoder.endpoints().items()},
+    }
+
+
+class NamesShim:
+    """Stands in for the encoder when ``dump`` runs in another process than the agent:
+    answers the name look-ups from the ids the agent's admin endpoint reported."""
+
+    def __init__(self, ids: dict[str, dict[str, Any]]) -> None:
+        self.ids = ids
+
+    def route_table_name(self, i: int) -> str | None:
+        """Route table name of an id."""
+        return self.ids.get("route_tables", {}).get(str(i))
+
+    def cluster_name(self, i: int) -> str | None:
+        """Cluster name of an id."""
+        return self.ids.get("clusters", {}).get(str(i))
+
+    def endpoints(self) -> dict[int, tuple[str, int]]:
+        """Endpoint id -> (address, port)."""
+        return {int(i): (a[0], int(a[1])) for i, a in self.ids.get("endpoints", {}).items()}
+
+
+def endpoint_stats(datapath: Any) -> list[dict[str, Any]]:
+    """Per endpoint: cluster(s), address, active requests, pool size and idle connections."""
+    from bpf.datapath import dump
+
+    doc = dump(datapath.pin_dir, datapath.encoder)
+    by_addr: dict[str, list[str]] = {}
+    for cname, cluster in datapath.tables.clusters.items():
+        for ep in cluster.endpoints:
+            by_addr.setdefault(f"{ep.address}:{ep.port}", []).append(cname)
+    out = []
+    for ep in doc.get("endpoints", []):
+        addr = ep.get("addr") or f"id{ep['id']}"
+        pool = ep.get("pool", [])
+        for cname in by_addr.get(addr, [""]):
+            out.append({"cluster": cname, "endpoint": addr, "active": ep.get("active", 0),
+                        "pool": len(pool), "idle": sum(1 for s in pool if s == "idle")})
+    return out
