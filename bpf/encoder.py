@@ -66,6 +66,27 @@ LB_POLICY = {LbPolicy.ROUND_ROBIN: limit("LB_ROUND_ROBIN"), LbPolicy.RANDOM: lim
              LbPolicy.LEAST_REQUEST: limit("LB_LEAST_REQUEST")}
 
 
+_REGEX_META = set(".[]{}()*+?|^$\\")
+
+
+def regex_literal_prefix(pattern: str) -> str:
+    """The literal text every full match of ``pattern`` starts with ("" if unsure).
+
+    "/re/[0-9]+" -> "/re/"; a literal followed by a quantifier loses its last character
+    ("/ab?c" -> "/a"); any alternation makes the prefix unknown.
+    """
+    if "|" in pattern:
+        return ""
+    out = []
+    for ch in pattern:
+        if ch in _REGEX_META:
+            if ch in "*?{" and out:
+                out.pop()
+            break
+        out.append(ch)
+    return "".join(out)
+
+
 def ip_net(addr: str) -> int:
     """Dotted IPv4 -> the u32 the kernel sees for a network-order address."""
     return int(struct.unpack("=I", socket.inet_aton(addr))[0])
@@ -287,8 +308,12 @@ class Encoder:
             # CONNECT requests never reach the kernel's parser (authority-form target)
             r.path_kind = limit("PATH_EXACT")
             r.path_len = 0xFFFF
-        else:  # regex
-            r.path_kind = limit("PATH_ANY")
+        else:  # regex: the kernel filters on its literal prefix, user space decides
+            lit = regex_literal_prefix(pm.value).encode()
+            if pm.case_sensitive and lit:
+                r.path_kind, r.path_len, r.path_hash = limit("PATH_PREFIX"), len(lit), fnv1a64(lit)
+            else:
+                r.path_kind = limit("PATH_ANY")
             user = True
         conds = []
         for m in rule.headers:

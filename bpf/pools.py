@@ -11,11 +11,13 @@ connection (sm_epmiss_v1), and closes pools of endpoints that left the tables.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as C
 import logging
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from bpf import layout as L
@@ -84,6 +86,12 @@ class Pools:
                 if endpoints.get(ep) != self.endpoints[ep]:
                     self._drop_endpoint(ep)
             self.endpoints = {e: a for e, a in endpoints.items()}
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold maintenance (tests use it to observe an exhausted pool)."""
+        with self._lock:
+            yield
 
     def size(self, ep: int) -> int:
         v = self.eppool.get(ep)

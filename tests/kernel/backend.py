@@ -173,3 +173,35 @@ class Backend:
         self._closed = True
         self.lsock.close()
         self.drop_connections()
+
+
+class EchoBackend:
+    """Echoes raw bytes back (the opaque relay target for non-HTTP bytes)."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.lsock = socket.create_server((host, 0))
+        self.host, self.port = self.lsock.getsockname()
+        self.received = bytearray()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self.lsock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                while data := conn.recv(65536):
+                    self.received.extend(data)
+                    conn.sendall(data)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._closed = True
+        self.lsock.close()

@@ -7,6 +7,8 @@ datapath).  One command per line, one JSON reply per line:
    "method": "GET"}          -> {"status", "headers", "body_b64", "us"}
   {"op": "requests", "conn": "a", "raws": [b64, ...]}  -> sequential, {"responses": [...]}
   {"op": "send", "conn": "a", "raw": b64}; {"op": "recv_all", "conn": "a"} (until EOF)
+  {"op": "pipeline", "conn": "a", "raw": b64, "methods": [...]} -> {"responses": [...]}
+  {"op": "recv_n", "conn": "a", "n": N} -> {"data_b64"}
   {"op": "close", "conn": "a"};  {"op": "parallel", "n": N, "host", "port", "raws": [...]}
   {"op": "exit"}
 Responses are framed the way HTTP/1.1 says (Content-Length, chunked, no body for HEAD, 1xx,
@@ -133,6 +135,20 @@ def main() -> None:
                     raw = base64.b64decode(r)
                     res.append(c.request(raw, method=method_of(raw)))
                 out = {"responses": res}
+            elif op == "pipeline":
+                c = conns[cmd["conn"]]
+                c.sock.sendall(base64.b64decode(cmd["raw"]))
+                out = {"responses": [read_response(c.sock, c.buf, m) for m in cmd["methods"]]}
+            elif op == "recv_n":
+                c = conns[cmd["conn"]]
+                while len(c.buf) < cmd["n"]:
+                    chunk = c.sock.recv(1 << 16)
+                    if not chunk:
+                        break
+                    c.buf.extend(chunk)
+                data = bytes(c.buf[: cmd["n"]])
+                del c.buf[: cmd["n"]]
+                out = {"data_b64": base64.b64encode(data).decode()}
             elif op == "send":
                 conns[cmd["conn"]].sock.sendall(base64.b64decode(cmd["raw"]))
                 out = {}

@@ -50,6 +50,23 @@ class Mesh:
             time.sleep(0.005)
 
 
+    def client_state(self, local: tuple[str, int]) -> Any:
+        from bpf import layout
+        from bpf.encoder import ip_net
+
+        return self.dp.splice.clients.get(layout.SockKey(ip4=ip_net(local[0]), port=local[1]))
+
+    def wait_released(self, local: tuple[str, int], timeout: float = 5.0) -> None:
+        """Wait until the slow path handed the connection back to the kernel."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.client_state(local)
+            if st is not None and not st.user:
+                return
+            time.sleep(0.002)
+        raise AssertionError(f"connection {local} still in user-space mode")
+
+
 @pytest.fixture(scope="session")
 def mesh() -> Iterator[Mesh]:
     if missing_capability("kernel") is not None:
@@ -122,6 +139,19 @@ class Client:
         for r in out:
             r["body"] = base64.b64decode(r.pop("body_b64"))
         return out
+
+    def pipeline(self, conn: str, raw: bytes, methods: list[str]) -> list[dict[str, Any]]:
+        out = self.cmd(op="pipeline", conn=conn, raw=base64.b64encode(raw).decode(),
+                       methods=methods)["responses"]
+        for r in out:
+            r["body"] = base64.b64decode(r.pop("body_b64"))
+        return out
+
+    def send(self, conn: str, raw: bytes) -> None:
+        self.cmd(op="send", conn=conn, raw=base64.b64encode(raw).decode())
+
+    def recv_n(self, conn: str, n: int) -> bytes:
+        return base64.b64decode(self.cmd(op="recv_n", conn=conn, n=n)["data_b64"])
 
     def close(self) -> None:
         try:
