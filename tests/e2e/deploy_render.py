@@ -1,0 +1,160 @@
+"""Render deploy/ with the real engines: the Helm chart (helm template) and the kustomize base.
+
+deploy/kubernetes/ holds the chart rendered with its default values, one file per template,
+so kustomize users and Helm users deploy the same objects.  Regenerate it after changing
+the chart (never edit those files by hand):
+
+    .venv/bin/python -m tests.e2e.deploy_render --write
+
+helm and kustomize are built at pinned versions by scripts/setup.sh into .cache/tools/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "sockmesh"
+TEST_VALUES = ROOT / "deploy" / "helm" / "values-test.yaml"
+KUSTOMIZE_DIR = ROOT / "deploy" / "kubernetes"
+TOOLS = ROOT / ".cache" / "tools" / "bin"
+SETUP = ROOT / "scripts" / "setup.sh"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+
+# the release the kustomize base is rendered as
+RELEASE = "sockmesh"
+NAMESPACE = "sockmesh-system"
+# files in deploy/kubernetes that are not rendered from the chart
+HAND_WRITTEN = {"kustomization.yaml", "namespace.yaml"}
+GENERATED_HEADER = (
+    "# Generated from deploy/helm/sockmesh (default values, release {release}, namespace "
+    "{namespace})\n# by `python -m tests.e2e.deploy_render --write`: edit the chart, not this "
+    "file.\n"
+)
+
+
+class ToolMissing(RuntimeError):
+    """helm or kustomize has not been built by scripts/setup.sh."""
+
+
+def pinned_version(name: str) -> str:
+    """The version scripts/setup.sh pins for ``name`` (HELM_VERSION=..., KUSTOMIZE_VERSION=...)."""
+    m = re.search(rf'^{name.upper()}_VERSION="([^"]+)"', SETUP.read_text(), re.M)
+    if m is None:
+        raise AssertionError(f"scripts/setup.sh pins no {name.upper()}_VERSION")
+    return m.group(1)
+
+
+def tool(name: str) -> Path:
+    """The pinned build of ``name`` under .cache/tools (raises ToolMissing)."""
+    path = TOOLS / name
+    if not path.exists():
+        raise ToolMissing(f"{path} does not exist: run scripts/setup.sh, which builds "
+                          f"{name} {pinned_version(name)} from its Go module")
+    return path
+
+
+def run_tool(argv: list[str | Path], timeout: float = 120) -> str:
+    """Run a tool; raise with its stderr when it fails."""
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, argv))} exited {proc.returncode}:\n"
+                             f"{proc.stderr}{proc.stdout}")
+    return proc.stdout
+
+
+def helm_template(values: Path | None = None, *, release: str = RELEASE,
+                  namespace: str = NAMESPACE, kube_version: str | None = None) -> str:
+    """``helm template`` of the chart, as text."""
+    argv: list[str | Path] = [tool("helm"), "template", release, CHART, "--namespace", namespace]
+    if values is not None:
+        argv += ["--values", values]
+    if kube_version is not None:
+        argv += ["--kube-version", kube_version]
+    return run_tool(argv)
+
+
+def kustomize_build(directory: Path = KUSTOMIZE_DIR) -> str:
+    """``kustomize build`` of a directory, as text."""
+    return run_tool([tool("kustomize"), "build", directory])
+
+
+def load_objects(text: str) -> list[dict[str, Any]]:
+    """Every non-empty YAML document in ``text``."""
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def split_by_source(text: str) -> dict[str, str]:
+    """helm template output split into {template file name: its rendered YAML}."""
+    out: dict[str, str] = {}
+    for chunk in re.split(r"^---\n", text, flags=re.M):
+        m = re.match(r"# Source: [^\n]*/templates/([^\n/]+)\n", chunk)
+        if m is None:
+            if chunk.strip():
+                raise AssertionError(f"helm output without a Source line: {chunk[:200]!r}")
+            continue
+        out[m.group(1)] = chunk[m.end():]
+    return out
+
+
+def expected_kustomize_files(kube_version: str | None = None) -> dict[str, str]:
+    """What deploy/kubernetes/<template>.yaml must contain."""
+    header = GENERATED_HEADER.format(release=RELEASE, namespace=NAMESPACE)
+    rendered = split_by_source(helm_template(kube_version=kube_version))
+    return {name: header + body for name, body in rendered.items()}
+
+
+def generated_files_on_disk() -> dict[str, str]:
+    """The rendered files currently in deploy/kubernetes."""
+    return {p.name: p.read_text() for p in sorted(KUSTOMIZE_DIR.glob("*.yaml"))
+            if p.name not in HAND_WRITTEN}
+
+
+def min_kube_version() -> str:
+    """The chart's minimum Kubernetes version (Chart.yaml kubeVersion ">=X.Y.Z-0")."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    m = re.match(r">=\s*(\d+\.\d+\.\d+)", chart["kubeVersion"])
+    if m is None:
+        raise AssertionError(f"Chart.yaml kubeVersion {chart['kubeVersion']!r} has no minimum")
+    return m.group(1)
+
+
+def write_kustomize_base() -> list[Path]:
+    """Re-render deploy/kubernetes from the chart; returns the files written or removed."""
+    expected = expected_kustomize_files(kube_version=min_kube_version())
+    changed: list[Path] = []
+    for name, text in generated_files_on_disk().items():
+        if name not in expected:
+            (KUSTOMIZE_DIR / name).unlink()
+            changed.append(KUSTOMIZE_DIR / name)
+    for name, text in expected.items():
+        path = KUSTOMIZE_DIR / name
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            changed.append(path)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--write", action="store_true",
+                        help="re-render deploy/kubernetes from the chart")
+    args = parser.parse_args(argv)
+    if not args.write:
+        parser.print_help()
+        return 2
+    for path in write_kustomize_base():
+        print(f"updated {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
