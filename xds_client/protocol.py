@@ -164,6 +164,14 @@ class _TypeState:
     def wanted(self) -> set[str]:
         return set(self.explicit) | self.derived
 
+    @property
+    def ask_wildcard(self) -> bool:
+        # Envoy asks for listeners and clusters by wildcard, route configs and endpoints by
+        # name.  A wildcard on the latter is asked for only while no names are wanted:
+        # servers like istiod answer named RDS/EDS requests only, and what the wildcard
+        # answer brought stays cached (for these types absence is not removal).
+        return self.wildcard and (self.type_url in WILDCARD_TYPES or not self.wanted())
+
     def subscribed(self) -> bool:
         return self.wildcard or bool(self.explicit) or bool(self.derived)
 
@@ -249,23 +257,24 @@ class AdsProtocol:
         if self.delta:
             add = wanted - st.sent_names
             drop = st.sent_names - wanted
+            ask_wildcard = st.ask_wildcard
             # A legacy (empty-list) wildcard ends once names are named, so keep it with "*".
-            if st.wildcard and (not st.sent_wildcard or (add and not st.sent_star)):
+            if ask_wildcard and (not st.sent_wildcard or (add and not st.sent_star)):
                 add.add("*")
-            if st.sent_wildcard and not st.wildcard:
+            if st.sent_star and not ask_wildcard:
                 drop.add("*")
             if not add and not drop:
                 return []
             st.sent_names = set(wanted)
-            st.sent_wildcard = st.wildcard
-            st.sent_star = st.wildcard and (st.sent_star or "*" in add)
+            st.sent_wildcard = ask_wildcard
+            st.sent_star = ask_wildcard and (st.sent_star or "*" in add)
             return [discovery_pb2.DeltaDiscoveryRequest(
                 type_url=st.type_url,
                 resource_names_subscribe=sorted(add),
                 resource_names_unsubscribe=sorted(drop),
             )]
-        new_names = set() if st.wildcard else wanted
-        if st.sent_wildcard == st.wildcard and new_names == st.sent_names:
+        new_names = set() if st.ask_wildcard else wanted
+        if st.sent_wildcard == st.ask_wildcard and new_names == st.sent_names:
             return []
         return [self._sotw_request(st)]
 
@@ -308,10 +317,10 @@ class AdsProtocol:
         if self.delta:
             names = set(wanted)
             # Plain wildcard is an empty first list; "*" is needed once names are added too.
-            if st.wildcard and names:
+            if st.ask_wildcard and names:
                 names.add("*")
             st.sent_names = set(wanted)
-            st.sent_wildcard = st.wildcard
+            st.sent_wildcard = st.ask_wildcard
             st.sent_star = "*" in names
             req = discovery_pb2.DeltaDiscoveryRequest(
                 type_url=st.type_url,
@@ -322,9 +331,9 @@ class AdsProtocol:
         return self._sotw_request(st)
 
     def _sotw_request(self, st: _TypeState, error: str | None = None) -> Request:
-        names = set() if st.wildcard else st.wanted()
+        names = set() if st.ask_wildcard else st.wanted()
         st.sent_names = names
-        st.sent_wildcard = st.wildcard
+        st.sent_wildcard = st.ask_wildcard
         req = discovery_pb2.DiscoveryRequest(
             type_url=st.type_url,
             version_info=st.version,

@@ -393,23 +393,42 @@ def test_referenced_name_under_wildcard_still_gets_does_not_exist() -> None:
     core, _ = started(timeout=5.0, wildcard=(CLUSTER, CLUSTER_LOAD_ASSIGNMENT))
     core.receive(sotw(CLUSTER_LOAD_ASSIGNMENT, "e1", "n0"), 0.5)
     out = core.receive(sotw(CLUSTER, "c1", "n1", cluster("svc")), 1.0)
-    assert [r.type_url for r in out.requests] == [CLUSTER]  # wildcard EDS: nothing new to ask
+    [eds] = [r for r in out.requests if r.type_url == CLUSTER_LOAD_ASSIGNMENT]
+    assert list(eds.resource_names) == ["svc"]
     assert not core.synced()
     assert DoesNotExist(CLUSTER_LOAD_ASSIGNMENT, "svc") in core.tick(6.0)
     assert core.synced()
 
 
 def test_delta_legacy_wildcard_keeps_star_when_names_are_added() -> None:
-    core, reqs = started(delta=True, wildcard=(CLUSTER, CLUSTER_LOAD_ASSIGNMENT))
-    eds_first = next(r for r in reqs if r.type_url == CLUSTER_LOAD_ASSIGNMENT)
-    assert list(eds_first.resource_names_subscribe) == []  # legacy wildcard
-    out = core.receive(delta_resp(CLUSTER, "s1", "n1", {"svc": cluster("svc")}), 1.0)
-    [sub] = [r for r in out.requests if r.type_url == CLUSTER_LOAD_ASSIGNMENT]
-    assert sorted(sub.resource_names_subscribe) == ["*", "svc"]
-    out = core.receive(delta_resp(CLUSTER, "s2", "n2", {"svc": cluster("svc"),
-                                                        "svc2": cluster("svc2")}), 2.0)
-    [sub] = [r for r in out.requests if r.type_url == CLUSTER_LOAD_ASSIGNMENT]
-    assert list(sub.resource_names_subscribe) == ["svc2"]  # "*" already named
+    core, reqs = started(delta=True, wildcard=(CLUSTER,))
+    assert list(reqs[0].resource_names_subscribe) == []  # legacy wildcard
+    [sub] = core.subscribe(CLUSTER, ["special"], 1.0)
+    assert sorted(sub.resource_names_subscribe) == ["*", "special"]
+    [sub] = core.subscribe(CLUSTER, ["other"], 2.0)
+    assert list(sub.resource_names_subscribe) == ["other"]  # "*" already named
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_route_wildcard_turns_into_names_once_listeners_name_routes(delta: bool) -> None:
+    """istiod answers RDS by name only: a wildcard RDS subscription (xds-dump) asks by
+    name once listeners name route configs, keeping what the wildcard answer brought."""
+    core, reqs = started(delta=delta, wildcard=(LISTENER, ROUTE_CONFIGURATION))
+    [rds_first] = [r for r in reqs if r.type_url == ROUTE_CONFIGURATION]
+    names_field = "resource_names_subscribe" if delta else "resource_names"
+    assert list(getattr(rds_first, names_field)) == []
+    if delta:
+        core.receive(delta_resp(ROUTE_CONFIGURATION, "r1", "n1", {"orphan": route("orphan")}), 1.0)
+    else:
+        core.receive(sotw(ROUTE_CONFIGURATION, "r1", "n1", route("orphan")), 1.0)
+    resp = (delta_resp(LISTENER, "l1", "n2", {"l": listener("l", "named")}) if delta
+            else sotw(LISTENER, "l1", "n2", listener("l", "named")))
+    out = core.receive(resp, 2.0)
+    [rds] = [r for r in out.requests if r.type_url == ROUTE_CONFIGURATION]
+    assert list(getattr(rds, names_field)) == ["named"]  # no "*": asked by name
+    if delta:
+        assert list(rds.resource_names_unsubscribe) == []  # the legacy wildcard just ends
+    assert set(core.resources(ROUTE_CONFIGURATION)) == {"orphan"}  # kept
 
 
 def test_initial_fetch_timeout_releases_held_changes() -> None:
