@@ -17,12 +17,13 @@ from typing import Any
 
 from bpf import layout as L
 from bpf.encoder import Encoder, ip_str
+from bpf.lb import Picker
 from bpf.limits import REASONS, limit
 from bpf.loader import Loader
 from bpf.maps import PinnedMap
 from bpf.pools import Pools
 from bpf.splice import SpliceListener
-from translator.tables import Tables
+from translator.tables import Endpoint, Tables
 
 SLOT_STATES = {limit("SLOT_EMPTY"): "empty", limit("SLOT_IDLE"): "idle",
                limit("SLOT_BUSY"): "busy", limit("SLOT_DEAD"): "dead"}
@@ -57,12 +58,24 @@ class Datapath:
     def _open_user_side(self) -> None:
         assert self.loader is not None
         self.encoder = Encoder(self.pin_dir)
+        self._epactive = PinnedMap(self.pin_dir / "sm_epactive_v1", C.c_uint32, C.c_uint64)
         self.splice = SpliceListener(self.pin_dir, self.host,
                                      route_table_name=self.encoder.route_table_name)
+        self.splice.picker = Picker(active=self._active_of)
         self.splice.start()
         self.loader.set_splice(*self.splice.addr)
         self.pools = Pools(self.pin_dir, warm=self.warm)
         self.pools.start()
+
+    def _active_of(self, ep: Endpoint) -> int:
+        """The kernel's live active-request count for ep (slow-path LEAST_REQUEST)."""
+        if self.encoder is None:
+            return 0
+        eid = self.encoder.ep_ids.ids.get((ep.address, ep.port))
+        if eid is None or self.pools is None:
+            return 0
+        v = self._epactive.get(eid)
+        return int(v.value) if v is not None else 0
 
     def restart_loader(self) -> Loader:
         """Drop the loader's handles and open the pinned programs again (what a restarted
@@ -110,6 +123,7 @@ class Datapath:
             self.splice = None
         if self.encoder is not None:
             self.encoder.close()
+            self._epactive.close()
             self.encoder = None
         if self.loader is not None:
             self.loader.close(detach=detach)
