@@ -15,7 +15,7 @@ from tests.support.capabilities import missing_capability
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    for marker in ("kernel", "envoy", "node"):
+    for marker in ("kernel", "envoy", "node", "istiod", "gocp"):
         if item.get_closest_marker(marker) is None:
             continue
         reason = missing_capability(marker)

@@ -1,4 +1,5 @@
-"""Detect what a test needs: root with BPF and cgroup v2, the Envoy binary, node peers."""
+"""Detect what a test needs: root with BPF and cgroup v2, the Envoy binary, node peers,
+the Go control-plane peers (istiod, go-control-plane) built by scripts/setup.sh."""
 
 from __future__ import annotations
 
@@ -47,4 +48,12 @@ def missing_capability(kind: str) -> str | None:
         if not (ROOT / "tests" / "peers" / "node" / "node_modules").is_dir():
             return "npm test peers not installed (scripts/setup.sh)"
         return None
+    if kind == "istiod":
+        from tests.support.istiod import missing as istiod_missing  # lazy: peer tests only
+
+        return istiod_missing()
+    if kind == "gocp":
+        from tests.support.gocp import missing as gocp_missing
+
+        return gocp_missing()
     raise ValueError(kind)
