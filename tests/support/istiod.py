@@ -1,0 +1,275 @@
+"""Run a real istiod (``pilot-discovery``, Istio 1.29.x) standalone on loopback.
+
+    with Istiod(config_dir, workdir) as istiod:     # starts, waits for /ready
+        istiod.xds_address                          # 127.0.0.1:PORT, plaintext ADS
+        istiod.debug("/debug/configz")              # istiod's debug endpoints
+        istiod.restart()                            # same ports; clients reconnect
+
+No Kubernetes: ``discovery --registries= --configDir DIR`` takes ServiceEntries,
+WorkloadEntries, VirtualServices and DestinationRules from YAML files in DIR (watched;
+edits are pushed).  Every listener istiod opens is on 127.0.0.1: plaintext xDS
+(``--grpcAddr``), HTTP with /ready and the debug endpoints (``--httpAddr``), monitoring
+(``--monitoringAddr``) and ControlZ (``--ctrlz_address``/``--ctrlz_port``); the TLS xDS
+port and the webhook port are disabled (``--secureGRPCAddr=`` ``--httpsAddr=``) and so is
+the CA (``ENABLE_CA_SERVER=false``).  Ports are picked free on loopback before the start.
+
+The binary comes from tests/peers/istiod/build.sh (cached in .cache/peers/istiod).
+The process is started by path and stopped by its PID; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+
+from tests.support.capabilities import ROOT
+
+PEER_DIR = ROOT / "tests" / "peers" / "istiod"
+CONFIG_DIR = PEER_DIR / "config"
+MESH_CONFIG = PEER_DIR / "mesh.yaml"
+BINARY = ROOT / ".cache" / "peers" / "istiod" / "pilot-discovery"
+LOOPBACK = "127.0.0.1"
+# The namespace the test config lives in and the test proxies claim to run in.
+NAMESPACE = "sockmesh-test"
+START_TIMEOUT_S = 60.0
+POLL_S = 0.1
+
+
+def pinned_version() -> str:
+    """The istio.io/istio pseudo-version tests/peers/istiod/go.mod pins."""
+    for line in (PEER_DIR / "go.mod").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "istio.io/istio":
+            return parts[1]
+    raise RuntimeError("tests/peers/istiod/go.mod does not require istio.io/istio")
+
+
+def istiod_binary() -> Path | None:
+    """pilot-discovery (SOCKMESH_PILOT_DISCOVERY overrides), or None when absent."""
+    env = os.environ.get("SOCKMESH_PILOT_DISCOVERY")
+    if env:
+        return Path(env)
+    return BINARY if BINARY.exists() else None
+
+
+def missing() -> str | None:
+    """Why istiod cannot run here, or None."""
+    b = istiod_binary()
+    if b is None or not b.exists():
+        return (f"{BINARY.relative_to(ROOT)} not built "
+                "(tests/peers/istiod/build.sh, run by scripts/setup.sh)")
+    if "SOCKMESH_PILOT_DISCOVERY" not in os.environ:
+        stamp = BINARY.with_name(BINARY.name + ".version")
+        if not stamp.exists() or stamp.read_text().strip() != pinned_version():
+            return (f"pilot-discovery is not built from istio.io/istio {pinned_version()}; "
+                    "run tests/peers/istiod/build.sh")
+    return None
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports that were free a moment ago."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((LOOPBACK, 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def copy_config(dest: Path, src: Path = CONFIG_DIR) -> Path:
+    """A private copy of the test Istio config (tests edit their copy)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in sorted(src.glob("*.yaml")):
+        shutil.copy(p, dest / p.name)
+    return dest
+
+
+def mesh_config(access_log: Path | None = None, access_log_format: str | None = None
+                ) -> dict[str, Any]:
+    """tests/peers/istiod/mesh.yaml, with a JSON access log file if asked."""
+    mesh: dict[str, Any] = yaml.safe_load(MESH_CONFIG.read_text())
+    if access_log is not None:
+        mesh["accessLogFile"] = str(access_log)
+        mesh["accessLogEncoding"] = "JSON"
+        if access_log_format is not None:
+            mesh["accessLogFormat"] = access_log_format
+    return mesh
+
+
+class IstiodError(RuntimeError):
+    """istiod did not start or died; the message carries the tail of its log."""
+
+
+class Istiod:
+    """One standalone pilot-discovery process on loopback ports."""
+
+    def __init__(self, config_dir: Path, workdir: Path, *,
+                 mesh: dict[str, Any] | None = None, binary: Path | None = None,
+                 start_timeout: float = START_TIMEOUT_S,
+                 log_level: str = "default:info") -> None:
+        found = binary or istiod_binary()
+        if found is None or not Path(found).exists():
+            raise IstiodError(missing() or "pilot-discovery not found")
+        self.binary = Path(found)
+        self.config_dir = Path(config_dir)
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.mesh_path = self.workdir / "mesh.yaml"
+        self.mesh_path.write_text(yaml.safe_dump(mesh if mesh is not None else mesh_config()))
+        self.log_path = self.workdir / "istiod.log"
+        self.start_timeout = start_timeout
+        self.log_level = log_level
+        self.grpc_port, self.http_port, self.monitoring_port, self.ctrlz_port = free_ports(4)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.ready_after = 0.0
+
+    def command(self) -> list[str]:
+        """The pilot-discovery command line (all listeners on loopback)."""
+        return [
+            str(self.binary), "discovery",
+            "--registries=",  # no Kubernetes: ServiceEntries from --configDir only
+            "--configDir", str(self.config_dir),
+            "--meshConfig", str(self.mesh_path),
+            "--namespace", "istio-system",
+            "--grpcAddr", f"{LOOPBACK}:{self.grpc_port}",
+            "--httpAddr", f"{LOOPBACK}:{self.http_port}",
+            "--monitoringAddr", f"{LOOPBACK}:{self.monitoring_port}",
+            "--secureGRPCAddr=",
+            "--httpsAddr=",
+            "--ctrlz_address", LOOPBACK,
+            "--ctrlz_port", str(self.ctrlz_port),
+            "--shutdownDuration", "1s",
+            "--log_output_level", self.log_level,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        """istiod's environment: no CA, no Kubernetes lookups, a fixed pod identity."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "ISTIO", "PILOT"))}
+        env.update({
+            "ENABLE_CA_SERVER": "false",
+            "POD_NAME": "istiod-sockmesh-test",
+            "POD_NAMESPACE": "istio-system",
+            "REVISION": "default",
+            # istiod's own serving cert would come from its CA; no TLS port is open here
+            "PILOT_CERT_PROVIDER": "none",
+        })
+        return env
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Start pilot-discovery and wait until its /ready answers 200."""
+        with self.log_path.open("ab") as log:
+            log.write(f"--- start {' '.join(self.command())}\n".encode())
+            log.flush()
+            self.started_at = time.monotonic()
+            self.proc = subprocess.Popen(self.command(), cwd=self.workdir,
+                                         env=self.environment(), stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self.wait_ready(self.start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.ready_after = time.monotonic() - self.started_at
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM by PID (SIGKILL after ``timeout`` s) and reap."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout)
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports."""
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while it runs."""
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def xds_address(self) -> str:
+        """``127.0.0.1:PORT`` of the plaintext ADS port."""
+        return f"{LOOPBACK}:{self.grpc_port}"
+
+    # -- HTTP ---------------------------------------------------------------------------
+
+    def _check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise IstiodError(f"pilot-discovery exited with {self.proc.returncode}:\n"
+                              f"{self.log_tail()}")
+
+    def http_get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
+        """GET ``path`` on the HTTP port; returns (status, body)."""
+        self._check_alive()
+        url = f"http://{LOOPBACK}:{self.http_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                return resp.status, resp.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+
+    def wait_ready(self, timeout: float) -> None:
+        """Poll /ready until 200 or ``timeout`` s (fails at once if the process died)."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while True:
+            self._check_alive()
+            try:
+                status, body = self.http_get("/ready", timeout=2.0)
+                if status == 200:
+                    return
+                last = f"{status} {body.strip()[:200]}"
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+                last = str(exc)
+            if time.monotonic() >= deadline:
+                raise IstiodError(f"istiod not ready within {timeout} s (last: {last})\n"
+                                  f"{self.log_tail()}")
+            time.sleep(POLL_S)
+
+    def debug(self, path: str) -> str:
+        """A debug endpoint's body (e.g. /debug/configz, /debug/syncz)."""
+        status, body = self.http_get(path)
+        if status != 200:
+            raise IstiodError(f"{path} answered {status}: {body[:200]}")
+        return body
+
+    def log_text(self) -> str:
+        """istiod's whole log."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of istiod's log."""
+        return "\n".join(self.log_text().splitlines()[-lines:]) or "(no istiod log)"
