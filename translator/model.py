@@ -9,12 +9,18 @@ http/utility.cc); each rule below names the Envoy behaviour it reproduces.
   cover at least one character.
 * Rules are walked from index 0 to the end and the *last* match is kept (the tables are
   written reversed), exactly like the kernel; there is no early exit.
-* Paths: the fragment is stripped first (Envoy does this before routing); path matchers see
-  the path without query; ``:path`` header matchers and query matchers see path + query.
+* Paths: the fragment is stripped first (Istio's setting; a default Envoy rejects a path
+  with a fragment with 400); path matchers see the path without query; ``:path`` header
+  matchers and query matchers see path + query.
+* Header values lose surrounding spaces/tabs (the HTTP/1 parser drops them); a repeated
+  header matches when any one value matches; a ``host`` matcher sees the Host value.
+* gRPC requests (content-type application/grpc[+...]) get Envoy's local replies as HTTP 200
+  (the code travels in grpc-status), so ``status`` is 200 for them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import weakref
@@ -267,23 +273,19 @@ class _View:
             headers.setdefault(name.lower(), []).append(value)
         self.headers = headers
 
-    def header(self, name: str) -> str | None:
-        if name.startswith(":"):
+    def values(self, name: str) -> list[str] | None:
+        """The values of a header (pseudo-headers included), None when absent."""
+        if name.startswith(":") or name == "host":
             if name == ":method":
-                return self.req.method
-            if name == ":authority":
-                return self.req.authority
+                return [self.req.method]
+            if name in (":authority", "host"):  # Envoy answers "host" with the Host value
+                return [self.req.authority] if self.req.authority else None
             if name == ":path":
-                return self.full_path
+                return [self.full_path]
             if name == ":scheme":
-                return self.req.scheme
+                return [self.req.scheme]
             return None
-        if name == "host":  # Envoy stores Host as :authority; "host" is never found
-            return None
-        values = self.headers.get(name)
-        if values is None:
-            return None
-        return values[0] if len(values) == 1 else ",".join(values)
+        return self.headers.get(name)
 
     def query_param(self, name: str) -> str | None:
         if self.query is None:
@@ -310,14 +312,15 @@ def parse_query(path: str) -> dict[str, str]:
 
 
 def _header_matches(m: ValueMatch, view: _View) -> bool:
-    value = view.header(m.name)
+    values = view.values(m.name)
     if m.kind is StringKind.PRESENT:
-        return ((value is not None) == m.present) != m.invert
-    if value is None:
+        return ((values is not None) == m.present) != m.invert
+    if values is None:
         if not m.missing_as_empty:
             return False  # Envoy: an absent header fails the match, inverted or not
-        value = ""
-    return _string_matches(m, value) != m.invert
+        values = [""]
+    # a repeated header matches when any one of its values does (measured on Envoy 1.40)
+    return any(_string_matches(m, v) for v in values) != m.invert
 
 
 def _path_matches(rule: Rule, view: _View) -> bool:
@@ -466,8 +469,10 @@ def decide(table: RouteTable, vh: VirtualHost | None, index: int | None, request
            clusters: Mapping[str, Cluster] | None = None) -> Decision:
     """The Decision for rule ``index`` of ``vh`` (None: no route)."""
     if vh is None or index is None:
+        no_route = 200 if is_grpc(request) else 404  # gRPC: 200, grpc-status UNIMPLEMENTED
         return Decision(table.name, vh.name if vh else None, None, None, None,
-                        ActionKind.NO_ROUTE, None, (), 404, None, _not_enforced(table, vh, None))
+                        ActionKind.NO_ROUTE, None, (), no_route, None,
+                        _not_enforced(table, vh, None))
     rule = vh.rules[index]
     action = rule.action
     cluster: str | None = None
@@ -495,6 +500,10 @@ def decide(table: RouteTable, vh: VirtualHost | None, index: int | None, request
     elif action.kind is ActionKind.REDIRECT:
         status = action.status
         location = redirect_location(rule, request)
+    if status is not None and is_grpc(request):
+        # Envoy answers a gRPC request's local replies (redirect, direct response, missing
+        # cluster) with HTTP 200 and the code in grpc-status
+        status = 200
     return Decision(
         route_config=table.name,
         virtual_host=vh.name,
@@ -510,6 +519,25 @@ def decide(table: RouteTable, vh: VirtualHost | None, index: int | None, request
     )
 
 
+_OWS = " \t"
+
+
+def normalize(request: Request) -> Request:
+    """The request as Envoy's HTTP/1 parser hands it on: no whitespace around values."""
+    if request.authority.strip(_OWS) == request.authority and all(
+            v.strip(_OWS) == v for _, v in request.headers):
+        return request
+    return dataclasses.replace(
+        request, authority=request.authority.strip(_OWS),
+        headers=tuple((n, v.strip(_OWS)) for n, v in request.headers))
+
+
+def is_grpc(request: Request) -> bool:
+    """Envoy's gRPC request test: content-type application/grpc or application/grpc+..."""
+    ct = next((v for n, v in request.headers if n.lower() == "content-type"), None)
+    return ct is not None and (ct == "application/grpc" or ct.startswith("application/grpc+"))
+
+
 def route(table: RouteTable, request: Request,
           clusters: Mapping[str, Cluster] | None = None) -> Decision:
     """Route ``request`` on ``table``: virtual host, then the last-match-wins rule walk.
@@ -519,6 +547,7 @@ def route(table: RouteTable, request: Request,
     route's ``cluster_not_found_response_code`` (503 by default) as its status, as Envoy's
     router answers at request time.
     """
+    request = normalize(request)
     vh = select_virtual_host(table, request.authority)
     index = last_match(table, vh, request) if vh is not None else None
     return decide(table, vh, index, request, clusters)

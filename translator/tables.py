@@ -74,12 +74,13 @@ class ValueMatch:
 
     Evaluation (translator.model is the reference; Envoy's header_utility):
 
-    * header value: all values of the name joined with ``,``; ``:path`` is path + query;
-      ``host`` is never found (Envoy keeps it as ``:authority``);
+    * header values: spaces/tabs around them removed; ``:path`` is path + query; ``host``
+      and ``:authority`` both give the Host value;
     * PRESENT: ``(found == present) != invert``;
     * any other kind on a missing header: False, even inverted, unless ``missing_as_empty``,
       which matches against "";
-    * otherwise ``kind_matches(value) != invert``; ``ignore_case`` lower-cases both sides
+    * otherwise ``any(kind_matches(v) for v in values) != invert`` (a repeated header
+      matches when one of its values does); ``ignore_case`` lower-cases both sides
       (not for REGEX); REGEX is an RE2 full match; RANGE parses a decimal int64
       (surrounding whitespace allowed) and tests ``range_start <= v < range_end``;
     * Envoy's legacy ``exact_match: ""`` (any value) arrives as PREFIX "".

@@ -167,9 +167,21 @@ def test_header_kinds_on_a_missing_header(spec: dict[str, Any], expected: bool) 
     assert hm({"name": "x-user", **spec}, {"other": "v1"}) is expected
 
 
-def test_multiple_header_values_are_joined_with_commas() -> None:
-    assert hm({"name": "x-a", "exact_match": "1,2"}, {"x-a": ["1", "2"]})
-    assert not hm({"name": "x-a", "exact_match": "1"}, {"x-a": ["1", "2"]})
+def test_a_repeated_header_matches_when_any_value_does() -> None:
+    # measured against Envoy 1.40 by the differential test (tests/diff)
+    assert hm({"name": "x-a", "exact_match": "1"}, {"x-a": ["1", "2"]})
+    assert hm({"name": "x-a", "exact_match": "2"}, {"x-a": ["1", "2"]})
+    assert not hm({"name": "x-a", "exact_match": "3"}, {"x-a": ["1", "2"]})
+    # invert applies to the any-value result
+    assert not hm({"name": "x-a", "exact_match": "1", "invert_match": True}, {"x-a": ["1", "2"]})
+    assert hm({"name": "x-a", "exact_match": "3", "invert_match": True}, {"x-a": ["1", "2"]})
+
+
+def test_whitespace_around_header_values_is_dropped() -> None:
+    assert hm({"name": "x-a", "exact_match": "v1"}, {"x-a": " v1\t"})
+    assert hm({"name": ":authority", "exact_match": "h"}, authority=" h ")
+    t = table([{"match": {"prefix": "/"}, "route": {"cluster_header": "x-c"}}])
+    assert route(t, Request(headers=(("x-c", " blue "),))).cluster == "blue"
 
 
 def test_header_names_are_case_insensitive() -> None:
@@ -188,9 +200,10 @@ def test_pseudo_headers() -> None:
                    "/p?q=1#frag")
 
 
-def test_host_header_name_never_matches() -> None:
-    # Envoy keeps Host as :authority; a matcher on "host" finds nothing
-    assert not hm({"name": "host", "present_match": True}, authority="a")
+def test_host_header_matcher_sees_the_host_value() -> None:
+    assert hm({"name": "host", "exact_match": "a.com:80"}, authority="a.com:80")
+    assert hm({"name": "Host", "present_match": True}, authority="a")
+    assert not hm({"name": "host", "present_match": True}, authority="")
 
 
 def test_grpc_match_needs_grpc_content_type() -> None:
@@ -223,6 +236,24 @@ def test_grpc_match_needs_grpc_content_type() -> None:
 def test_query_parameters(spec: dict[str, Any], path: str, expected: bool) -> None:
     assert matches({"prefix": "/", "query_parameters": [{"name": "v", **spec}]}, path) \
         is expected
+
+
+def test_grpc_local_replies_are_http_200() -> None:
+    grpc = {"content-type": "application/grpc"}
+    t = table([{"match": {"path": "/svc/M"}, "route": {"cluster": "svc"}},
+               {"match": {"path": "/dr"}, "direct_response": {"status": 503}}])
+    known = {"other": Cluster("other", LbPolicy.ROUND_ROBIN)}
+    for path, status, grpc_status in [("/none", 404, 200), ("/dr", 503, 200),
+                                      ("/svc/M", 503, 200)]:
+        plain = route(t, Request.from_dict({"path": path}), known)
+        over_grpc = route(t, Request.from_dict({"path": path, "headers": grpc}), known)
+        assert (plain.status, over_grpc.status) == (status, grpc_status)
+        assert plain.action == over_grpc.action
+    ok = route(t, Request.from_dict({"path": "/svc/M", "headers": grpc}))
+    assert (ok.cluster, ok.status) == ("svc", None)
+    web = route(t, Request.from_dict({"path": "/none", "headers": {
+        "content-type": "application/grpc-web"}}))
+    assert web.status == 404
 
 
 def test_all_conditions_are_anded() -> None:

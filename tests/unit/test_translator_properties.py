@@ -135,24 +135,28 @@ def ref_vhost(cfg: dict[str, Any], authority: str) -> dict[str, Any] | None:
     return best[1] if best else None
 
 
-def ref_header(req: Request, name: str) -> str | None:
+def ref_header(req: Request, name: str) -> list[str] | None:
     pseudo = {":method": req.method, ":authority": req.authority,
               ":path": req.path.split("#")[0]}
     if name in pseudo:
-        return pseudo[name]
-    values = [v for n, v in req.headers if n.lower() == name]
-    return ",".join(values) if values else None
+        return [pseudo[name]]
+    values = [v.strip(" \t") for n, v in req.headers if n.lower() == name]
+    return values or None
 
 
 def ref_header_ok(h: dict[str, Any], req: Request) -> bool:
-    value = ref_header(req, h["name"])
+    values = ref_header(req, h["name"])
     invert = h.get("invert_match", False)
     if "present_match" in h:
-        return ((value is not None) == h["present_match"]) != invert
-    if value is None:
+        return ((values is not None) == h["present_match"]) != invert
+    if values is None:
         if not h.get("treat_missing_header_as_empty"):
             return False
-        value = ""
+        values = [""]
+    return any(ref_value_ok(h, v) for v in values) != invert
+
+
+def ref_value_ok(h: dict[str, Any], value: str) -> bool:
     if "exact_match" in h:
         ok = h["exact_match"] == "" or value == h["exact_match"]
     elif "prefix_match" in h:
@@ -171,7 +175,7 @@ def ref_header_ok(h: dict[str, Any], req: Request) -> bool:
         sm = h["string_match"]
         ok = (value.lower() == sm["exact"].lower()) if sm.get("ignore_case") \
             else value == sm["exact"]
-    return ok != invert
+    return ok
 
 
 def ref_route_ok(m: dict[str, Any], req: Request) -> bool:
