@@ -56,10 +56,12 @@ def pick_route_table(tables: Tables, name: str | None, port: int | None) -> Rout
             desc = ", ".join(f"{s.vip}:{s.port} {s.kind.value} ({s.listener})" for s in on_port)
             raise CommandError(f"no HTTP service with a route config on port {port}: {desc}")
         ports = sorted({s.port for s in tables.services})
+        skipped = "".join(f"; listener {name} skipped: {why}"
+                          for name, why in tables.skipped_listeners[:5])
         raise CommandError(
             f"no service listens on port {port}"
             + (f"; service ports: {', '.join(map(str, ports))}" if ports
-               else " (the config dump has no listeners)"))
+               else "" if skipped else " (the config dump has no listeners)") + skipped)
     # Istio's outbound 0.0.0.0_PORT listener is the one a client on that port reaches
     wildcard = [s for s in http if s.vip == "0.0.0.0"]
     candidates = wildcard or http

@@ -304,3 +304,15 @@ def test_bad_single_form_arguments(capsys: pytest.CaptureFixture[str]) -> None:
                                                     capsys)
     assert "expected http://" in _explain_err([*base, "a/b"], capsys)
     assert "either --requests" in _explain_err(base, capsys)
+
+
+def test_port_error_says_which_listeners_were_skipped(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = generate(1)
+    inbound = hcm_listener("virtualInbound", "0.0.0.0", 15006, a.name)
+    inbound["traffic_direction"] = "INBOUND"
+    dump = with_listeners(config_dump([a.route_config], a.clusters), [inbound])
+    path = write(tmp_path, "d.json", dump)
+    err = _explain_err(["explain", "--config-dump", str(path), "--port", "15006",
+                        "http://x/"], capsys)
+    assert "no service listens on port 15006" in err and "virtualInbound skipped" in err
