@@ -16,7 +16,14 @@ import signal
 import sys
 from pathlib import Path
 
-from integration.xds_server import AdsServer, ConfigError, ConfigWatcher, load_config
+from integration.xds_server import (
+    AdsServer,
+    ConfigError,
+    ConfigWatcher,
+    config_fingerprint,
+    load_config,
+)
+from translator.resources import ResourceSet
 
 DEFAULT_PORT = 18000
 
@@ -64,18 +71,20 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "verbose", 0) == 0:
         # ACKs, NACKs and reloads are what a user runs this for: show them by default.
         logging.getLogger("integration.xds_server").setLevel(logging.INFO)
+    # Fingerprint before loading: a change while loading is seen by the first poll.
+    fingerprint = config_fingerprint(args.config)
     try:
-        load_config(args.config)
+        resources = load_config(args.config)
     except ConfigError as exc:
         print(f"sockmesh xds-server: {exc}", file=sys.stderr)
         return 1
-    return asyncio.run(_serve(args))
+    return asyncio.run(_serve(args, resources, fingerprint))
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    server = AdsServer()
+async def _serve(args: argparse.Namespace, resources: ResourceSet, fingerprint: str) -> int:
+    server = AdsServer(resources)
     watcher = ConfigWatcher(server, args.config, args.poll_interval)
-    watcher.poll()
+    watcher.fingerprint = fingerprint
     try:
         port = await server.start(args.host, args.port)
     except (OSError, RuntimeError) as exc:
@@ -88,7 +97,8 @@ async def _serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     print(f"sockmesh xds-server: listening on {args.host}:{port} (ADS, SotW and delta), "
-          f"serving {args.config} version {server.version}", flush=True)
+          f"serving {len(resources)} resources from {args.config} version {server.version}",
+          flush=True)
     try:
         await watcher.run(stop)
     finally:
