@@ -41,7 +41,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import wrappers_pb2
 
 from integration.commands.xds_dump import translator_validator
-from integration.xds_server import AdsServer
+from integration.xds_server import AckEvent, AdsServer
 from translator.resources import ResourceSet
 from xds_client import (
     CLUSTER,
@@ -237,8 +237,12 @@ async def one_round(rs: ResourceSet, delta: bool, validate: bool) -> dict[str, f
         synced = time.perf_counter()
         snap = server.snapshot
         for t in TYPES:
-            await server.wait_for(lambda e, t=t: e.type_url == t and e.ack
-                                  and e.version == snap.get(t).version, 30.0)
+            want = snap.get(t).version
+
+            def is_ack(e: AckEvent, t: str = t, want: str = want) -> bool:
+                return e.type_url == t and e.ack and e.version == want
+
+            await server.wait_for(is_ack, 30.0)
         acked = time.perf_counter()
         counts = {t: client.status.types[t].resources for t in TYPES}
         assert counts == {t: len(rs.by_type(t)) for t in TYPES}, counts

@@ -22,7 +22,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from integration.xds_server import AdsServer
+from integration.xds_server import AckEvent, AdsServer
 from translator.resources import ResourceSet
 from xds_client import (
     CLUSTER,
@@ -145,7 +145,7 @@ async def poll(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
         await asyncio.sleep(0.01)
 
 
-def acked(type_url: str, version: str) -> object:
+def acked(type_url: str, version: str) -> Callable[[AckEvent], bool]:
     return lambda ev: ev.type_url == type_url and ev.ack and ev.version == version
 
 

@@ -231,6 +231,7 @@ def test_make_before_break_holds_changes_until_endpoints_and_routes_arrive() -> 
         CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION]
     assert core.cluster_ready("svc") and core.synced() is True
     snap = ev4[-1]
+    assert isinstance(snap, Snapshot)
     assert set(snap.of(CLUSTER)) == {"svc"} and snap.versions[LISTENER] == "l1"
 
 
