@@ -55,34 +55,56 @@ def _unpack(filt: listener_components_pb2.Filter, cls: type, where: str, field: 
     return msg
 
 
+# HttpConnectionManager fields that carry no request-handling behaviour of their own
+_HCM_HANDLED = frozenset({"stat_prefix", "rds", "route_config", "codec_type", "http_filters"})
+_TCP_HANDLED = frozenset({"stat_prefix", "cluster", "weighted_clusters"})
+_ROUTER_FILTER = "envoy.extensions.filters.http.router.v3.Router"
+
+
+def _hcm_not_enforced(hcm: Any) -> tuple[str, ...]:
+    out = [f"hcm.{f.name}" for f, _ in hcm.ListFields() if f.name not in _HCM_HANDLED]
+    for hf in hcm.http_filters:
+        type_name = hf.typed_config.type_url.rsplit("/", 1)[-1]
+        if type_name != _ROUTER_FILTER and hf.name != "envoy.filters.http.router":
+            out.append(f"http_filters.{hf.name or type_name}")
+    return tuple(out)
+
+
+_Target = tuple[ServiceKind, str, "route_pb2.RouteConfiguration | None", tuple[str, ...]]
+
+
 def _chain_target(chain: listener_components_pb2.FilterChain, listener_name: str, where: str,
-                  field: str) -> tuple[ServiceKind, str, route_pb2.RouteConfiguration | None] | None:
-    """(kind, route table or cluster name, inline route config) of a chain, or None."""
+                  field: str) -> _Target | None:
+    """(kind, route table or cluster name, inline route config, not enforced) of a chain."""
     for i, filt in enumerate(chain.filters):
         ffield = f"{field}.filters[{i}]"
         if filt.typed_config.Is(_HCM.DESCRIPTOR):
             hcm = _unpack(filt, _HCM, where, ffield)
             validate_message(hcm, where, f"{ffield}.typed_config")
             which = hcm.WhichOneof("route_specifier")
+            skipped = _hcm_not_enforced(hcm)
             if which == "rds":
                 if not hcm.rds.route_config_name:
                     raise TranslationError(where, f"{ffield}.typed_config.rds.route_config_name:"
                                            " is required")
-                return ServiceKind.HTTP, hcm.rds.route_config_name, None
+                return ServiceKind.HTTP, hcm.rds.route_config_name, None, skipped
             if which == "route_config":
                 name = hcm.route_config.name or f"{listener_name}/inline"
-                return ServiceKind.HTTP, name, hcm.route_config
+                return ServiceKind.HTTP, name, hcm.route_config, skipped
             return None  # scoped_routes: not supported, skip the chain
         if filt.typed_config.Is(_TCP_PROXY.DESCRIPTOR):
             tp = _unpack(filt, _TCP_PROXY, where, ffield)
             validate_message(tp, where, f"{ffield}.typed_config")
+            tcp_skipped = tuple(f"tcp_proxy.{f.name}" for f, _ in tp.ListFields()
+                                if f.name not in _TCP_HANDLED)
             if tp.WhichOneof("cluster_specifier") == "cluster":
-                return ServiceKind.TCP, tp.cluster, None
+                return ServiceKind.TCP, tp.cluster, None, tcp_skipped
             if tp.WhichOneof("cluster_specifier") == "weighted_clusters" and \
                     tp.weighted_clusters.clusters:
-                # L4 weighted splits pick the heaviest cluster (the datapath picks per connect)
+                # L4 weighted splits go to the heaviest cluster; the split is not enforced
                 best = max(tp.weighted_clusters.clusters, key=lambda c: c.weight)
-                return ServiceKind.TCP, best.name, None
+                return ServiceKind.TCP, best.name, None, (*tcp_skipped,
+                                                          "tcp_proxy.weighted_clusters")
             raise TranslationError(where, f"{ffield}.typed_config: tcp_proxy needs a cluster")
     return None
 
@@ -168,7 +190,7 @@ def listener_targets(listener: listener_pb2.Listener) -> ListenerTargets:
         target = _chain_target(chain, name, where, field)
         if target is None:
             continue
-        kind, ref, inline_rc = target
+        kind, ref, inline_rc, skipped = target
         if inline_rc is not None:
             inline[ref] = inline_rc
         # a chain that insists on HTTP/1.1 (Istio's HTTP chain) beats a plain TCP chain
@@ -179,6 +201,7 @@ def listener_targets(listener: listener_pb2.Listener) -> ListenerTargets:
                 route_table=ref if kind is ServiceKind.HTTP else None,
                 cluster=ref if kind is ServiceKind.TCP else None,
                 listener=name,
+                not_enforced=skipped,
             )
             prev = chosen.get(key)
             if prev is None or (wants_http and not prev[0]):

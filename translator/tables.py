@@ -191,6 +191,9 @@ class Service:
     route_table: str | None = None  # HTTP
     cluster: str | None = None  # TCP
     listener: str = ""  # the Envoy listener it came from
+    # connection-manager settings and HTTP filters carried but not enforced, e.g.
+    # "hcm.normalize_path", "http_filters.envoy.filters.http.fault"
+    not_enforced: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

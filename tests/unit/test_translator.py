@@ -413,3 +413,21 @@ def test_panic_threshold_is_enforced_the_rest_of_common_lb_config_is_listed() ->
     c = translate_cluster(parse_resource(eds_cluster(common_lb_config={
         "locality_weighted_lb_config": {}})), None)
     assert "common_lb_config.locality_weighted_lb_config" in c.not_enforced
+
+
+def test_connection_manager_settings_and_filters_are_listed_per_service() -> None:
+    lst = listener("l", "0.0.0.0", 80, [{"filters": [{"name": "hcm", "typed_config": {
+        "@type": HCM, "stat_prefix": "s", "normalize_path": True,
+        "rds": {"route_config_name": "80", "config_source": {"ads": {}}},
+        "http_filters": [
+            {"name": "envoy.filters.http.fault", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}},
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+        ]}}]}])
+    (svc,) = services_from_listeners([lst])
+    assert svc.not_enforced == ("hcm.normalize_path", "http_filters.envoy.filters.http.fault")
+    (tcp_svc,) = services_from_listeners([listener("t", "10.0.0.1", 5432, [{"filters": [{
+        "name": "tcp", "typed_config": {"@type": TCP_PROXY, "stat_prefix": "s",
+                                        "cluster": "db", "idle_timeout": "5s"}}]}])])
+    assert tcp_svc.not_enforced == ("tcp_proxy.idle_timeout",)
