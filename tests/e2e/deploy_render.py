@@ -12,6 +12,7 @@ helm and kustomize are built at pinned versions by scripts/setup.sh into .cache/
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -141,6 +142,47 @@ def write_kustomize_base() -> list[Path]:
             path.write_text(text)
             changed.append(path)
     return changed
+
+
+# ---- deploy/Dockerfile ----------------------------------------------------------------------
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    buf = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not buf and (not stripped or stripped.startswith("#")):
+            continue
+        if buf and stripped.startswith("#"):
+            continue  # a comment inside a continued instruction
+        if stripped.endswith("\\"):
+            buf += stripped[:-1].rstrip() + " "
+            continue
+        buf += stripped
+        word, _, rest = buf.partition(" ")
+        out.append((word.upper(), rest.strip()))
+        buf = ""
+    if buf:
+        raise AssertionError(f"Dockerfile ends inside a continued line: {buf!r}")
+    return out
+
+
+def exec_form(args: str) -> list[str]:
+    """An instruction's JSON (exec) form."""
+    value = json.loads(args)
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise AssertionError(f"not an exec-form (JSON list) instruction: {args}")
+    return value
+
+
+def entrypoint() -> list[str]:
+    """deploy/Dockerfile's ENTRYPOINT."""
+    entries = [exec_form(a) for w, a in instructions(DOCKERFILE.read_text()) if w == "ENTRYPOINT"]
+    if len(entries) != 1:
+        raise AssertionError(f"deploy/Dockerfile has {len(entries)} ENTRYPOINT instructions")
+    return entries[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,6 @@ entrypoint script that is there and executable.  Facts are read from the files t
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
 import shlex
@@ -19,39 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.deploy_render import exec_form, instructions
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DOCKERIGNORE = ROOT / "deploy" / "Dockerfile.dockerignore"
 SETUP = ROOT / "scripts" / "setup.sh"
 PYPROJECT = ROOT / "pyproject.toml"
-
-
-def instructions(text: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    out: list[tuple[str, str]] = []
-    buf = ""
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not buf and (not stripped or stripped.startswith("#")):
-            continue
-        if buf and stripped.startswith("#"):
-            continue  # a comment inside a continued instruction
-        if stripped.endswith("\\"):
-            buf += stripped[:-1].rstrip() + " "
-            continue
-        buf += stripped
-        word, _, rest = buf.partition(" ")
-        out.append((word.upper(), rest.strip()))
-        buf = ""
-    assert not buf, f"Dockerfile ends inside a continued line: {buf!r}"
-    return out
-
-
-def exec_form(args: str) -> list[str]:
-    """An instruction's JSON (exec) form."""
-    value = json.loads(args)
-    assert isinstance(value, list) and all(isinstance(v, str) for v in value), args
-    return value
 
 
 def copies(instrs: list[tuple[str, str]]) -> list[tuple[list[str], str]]:
