@@ -60,8 +60,8 @@ CLUSTER_HEADER = "x-route-to"  # cluster_header routes take the cluster name fro
 GHOST_CLUSTER = "outbound|9999||ghost.default.svc.cluster.local"
 NOT_FOUND_CODES = ("SERVICE_UNAVAILABLE", "NOT_FOUND", "INTERNAL_SERVER_ERROR")
 
-# Cases generated only on request (see generate()): where the routing model and Envoy 1.40
-# are measured to differ, so the main differential test stays a 100% test.
+# Wire-level cases generated only on request (see generate()), each tested on its own
+# configs: the routing model first differed from Envoy 1.40 on all four.
 EXTRAS = frozenset({
     "repeated_headers",  # the same header twice: Envoy matches if any one value matches
     "padded_values",  # whitespace around a header value: Envoy's HTTP/1 parser drops it
@@ -640,8 +640,8 @@ class _Gen:
 def generate(seed: int, extras: frozenset[str] = frozenset()) -> GeneratedConfig:
     """The route config and requests for ``seed`` (same seed and extras, same output).
 
-    ``extras`` (a subset of :data:`EXTRAS`) adds the cases that the routing model is known
-    not to handle like Envoy yet, so that they can be tested on their own.
+    ``extras`` (a subset of :data:`EXTRAS`) adds wire-level cases, so that each can be
+    tested on its own.
     """
     return _Gen(seed, extras).generate()
 
