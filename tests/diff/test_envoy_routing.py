@@ -59,6 +59,7 @@ pytestmark = pytest.mark.envoy
 _first, _, _last = os.environ.get("SOCKMESH_DIFF_SEEDS", "0-6").partition("-")
 SEEDS = tuple(range(int(_first), int(_last or _first) + 1))
 GAP_SEEDS_BASE = 100
+EXTRA_SEEDS = int(os.environ.get("SOCKMESH_DIFF_EXTRA_SEEDS", "3"))  # configs per extra
 MIN_REQUESTS = 2000
 SPLIT_SAMPLES = 400
 SPLIT_ROUTES = 3
@@ -229,8 +230,9 @@ def generated() -> list[tuple[str, GeneratedConfig]]:
     out = [(f"seed{seed}", generate(seed)) for seed in SEEDS]
     for i, extra in enumerate(sorted(EXTRAS)):
         # distinct seeds per extra: route config names (which carry the seed) stay unique
+        first = GAP_SEEDS_BASE + 1000 * i
         out += [(f"extra-{extra}-seed{seed}", generate(seed, frozenset({extra})))
-                for seed in range(GAP_SEEDS_BASE + 10 * i, GAP_SEEDS_BASE + 10 * i + 3)]
+                for seed in range(first, first + EXTRA_SEEDS)]
     return out
 
 
