@@ -89,6 +89,7 @@ def test_services_come_from_listeners(tmp_path: Path, capsys: pytest.CaptureFixt
     line = next(ln for ln in out.splitlines() if "0.0.0.0:9080" in ln)
     assert line.split() == ["0.0.0.0:9080", "http", g.name, "0.0.0.0_9080"]
     code, out, err = run_cli(["tables", "--config-dump", str(path), "--json"], capsys)
-    assert json.loads(out)["services"] == [{
+    (svc,) = json.loads(out)["services"]
+    assert {k: svc[k] for k in ("vip", "port", "kind", "route_table", "cluster", "listener")} == {
         "vip": "0.0.0.0", "port": 9080, "kind": "http", "route_table": g.name,
-        "cluster": None, "listener": "0.0.0.0_9080"}]
+        "cluster": None, "listener": "0.0.0.0_9080"}
