@@ -178,6 +178,8 @@ def print_tables(tables: Tables, out: TextIO) -> None:
         for s in sorted(tables.services, key=lambda s: (s.port, s.vip)):
             target = s.route_table if s.route_table is not None else (s.cluster or "-")
             w(f"  {s.vip + ':' + str(s.port):<24} {s.kind.value:<5} {target:<48} {s.listener}\n")
+            if s.not_enforced:
+                w(f"  {'':<24} not enforced: {', '.join(s.not_enforced)}\n")
     for name, why in tables.skipped_listeners:
         w(f"  (listener {name} skipped: {why})\n")
     for name in sorted(tables.route_tables):
