@@ -208,6 +208,9 @@ def print_explanation(rt: RouteTable, req: Request, d: Decision, out: TextIO) ->
               "(the first Envoy route that matches)\n"
               f"  match        {format_match(rule)}\n"
               f"  action       {format_action(rule.action)}\n")
+            if rule.needs_slow_path:
+                w(f"  slow path    {', '.join(rule.needs_slow_path)} (the kernel hands these "
+                  "requests to user space)\n")
     w(f"decision       {j.get('action')}")
     if j.get("cluster"):
         w(f" -> {j['cluster']}")

@@ -316,3 +316,17 @@ def test_port_error_says_which_listeners_were_skipped(
     err = _explain_err(["explain", "--config-dump", str(path), "--port", "15006",
                         "http://x/"], capsys)
     assert "no service listens on port 15006" in err and "virtualInbound skipped" in err
+
+
+def test_config_dump_from_stdin(capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    rc = psp_route_config()
+    monkeypatch.setattr("sys.stdin", io.StringIO(PSP_DUMP.read_text()))
+    code, out, err = run_cli(["explain", "--config-dump", "-", "--route-config", rc["name"],
+                              "--json", f"http://{rc['virtual_hosts'][0]['domains'][0]}/get"],
+                             capsys)
+    assert code == 0, err
+    assert json.loads(out)["cluster"] == rc["virtual_hosts"][0]["routes"][0]["route"]["cluster"]
+    err = _explain_err(["explain", "--config-dump", "-", "--route-config", rc["name"],
+                        "--requests", "-"], capsys)
+    assert "cannot both be stdin" in err
