@@ -14,8 +14,10 @@ import json
 import os
 import shutil
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc
 import pytest
@@ -37,6 +39,7 @@ METHOD = "/sockmesh.test.Echo/Call"
 CALLS = 5
 CALL_TIMEOUT_S = 20
 PROCESS_TIMEOUT_S = 40.0
+WAIT_S = 20.0
 ALL_TYPES = (LISTENER, ROUTE_CONFIGURATION, CLUSTER, CLUSTER_LOAD_ASSIGNMENT)
 ADS = {"ads": {}, "resource_api_version": "V3"}
 
@@ -101,53 +104,61 @@ class EchoBackend:
         return f"{self.name}:{request.decode()}".encode()
 
 
-async def run_peer(cmd: list[str], env_extra: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    """Run a peer client process to completion under a deadline; kill it by PID on timeout."""
-    env = {**os.environ, **env_extra}
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), PROCESS_TIMEOUT_S)
-    except TimeoutError:
-        proc.kill()
-        out, err = await proc.communicate()
-        return -1, out.decode(), "timed out\n" + err.decode()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return int(proc.returncode or 0), out.decode(), err.decode()
-
-
 async def check_client(cmd: list[str], node_id: str, cwd: Path) -> None:
+    """Run one peer client against the server; it must complete RPCs and ACK all types."""
     backend = EchoBackend("echo-1")
     await backend.server.start()
     server = AdsServer(grpc_xds_config(backend.port))
     xds_port = await server.start()
-    try:
-        rc, out, err = await run_peer(cmd, {"GRPC_XDS_BOOTSTRAP_CONFIG": bootstrap(xds_port, node_id)},
-                                      cwd)
-        assert rc == 0, f"xDS client failed (rc={rc}):\n{out}\n{err[-3000:]}"
-        result = json.loads(out.strip().splitlines()[-1])
-        assert result["ok"] == CALLS
-        assert all(r.startswith("echo-1:") for r in result["replies"]), result
-        assert backend.calls == CALLS
-        mine = [e for e in server.events if e.node_id == node_id]
-        for type_url in ALL_TYPES:
-            version = server.snapshot.get(type_url).version
-            assert any(_acks(e, type_url, version) for e in mine), (type_url, server.events)
-        assert not [e for e in mine if not e.ack], "the client NACKed"
-        # The client asked for the names it needed, not a wildcard, for RDS and EDS.
-        asked = {(r.type_url, tuple(r.resource_names)) for r in server.requests}
-        assert (ROUTE_CONFIGURATION, ("echo-route",)) in asked
-        assert (CLUSTER_LOAD_ASSIGNMENT, ("echo-cluster",)) in asked
-    finally:
-        await server.stop()
-        await backend.server.stop(None)
+    env = {**os.environ, "GRPC_XDS_BOOTSTRAP_CONFIG": bootstrap(xds_port, node_id)}
+    # stderr to a file: a pipe nobody reads could fill up and stall the client.
+    with tempfile.TemporaryFile() as errfile:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, cwd=cwd, env=env, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=errfile)
+        try:
+            await _check_peer(proc, errfile, server, backend, node_id)
+        finally:
+            if proc.returncode is None:
+                proc.kill()  # by PID: the process this test started
+                await proc.wait()
+            await server.stop()
+            await backend.server.stop(None)
 
 
-def _acks(e: AckEvent, type_url: str, version: str) -> bool:
-    return e.ack and e.type_url == type_url and e.version == version and not e.delta
+async def _check_peer(proc: asyncio.subprocess.Process, errfile: IO[bytes], server: AdsServer,
+                      backend: EchoBackend, node_id: str) -> None:
+    assert proc.stdout is not None and proc.stdin is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), PROCESS_TIMEOUT_S)
+    if not line:
+        await asyncio.wait_for(proc.wait(), WAIT_S)
+        errfile.seek(0)
+        err = errfile.read().decode(errors="replace")
+        pytest.fail(f"xDS client failed (rc={proc.returncode}): {err[-3000:]}")
+    result = json.loads(line)
+    assert result["ok"] == CALLS
+    assert all(r.startswith("echo-1:") for r in result["replies"]), result
+    assert backend.calls == CALLS
+    # The client keeps its xDS stream open until stdin closes: its ACKs race its RPCs.
+    for type_url in ALL_TYPES:
+        version = server.snapshot.get(type_url).version
+        await server.wait_for(_acked_by(node_id, type_url, version), WAIT_S)
+    assert not [e for e in server.events if e.node_id == node_id and not e.ack], \
+        "the client NACKed"
+    # The client asked for the names it needed, not a wildcard, for RDS and EDS.
+    asked = {(r.type_url, tuple(r.resource_names)) for r in server.requests}
+    assert (ROUTE_CONFIGURATION, ("echo-route",)) in asked
+    assert (CLUSTER_LOAD_ASSIGNMENT, ("echo-cluster",)) in asked
+    proc.stdin.close()
+    assert await asyncio.wait_for(proc.wait(), WAIT_S) == 0
+
+
+def _acked_by(node_id: str, type_url: str, version: str) -> Callable[[AckEvent], bool]:
+    def pred(e: AckEvent) -> bool:
+        return (e.ack and e.node_id == node_id and e.type_url == type_url
+                and e.version == version and not e.delta)
+
+    return pred
 
 
 async def test_grpcio_xds_client_completes_rpcs() -> None:

@@ -3,12 +3,15 @@
 Usage: python tests/peers/grpcio_xds_client.py TARGET METHOD COUNT TIMEOUT_S
 The xDS bootstrap comes from GRPC_XDS_BOOTSTRAP or GRPC_XDS_BOOTSTRAP_CONFIG, which must be
 set before grpc starts, hence a separate process.  Prints one JSON line
-{"ok": n, "replies": [...]} and exits 0 when every call succeeded, 1 otherwise.
+{"ok": n, "replies": [...]} when every call succeeded, then keeps its xDS stream open until
+stdin closes (at most TIMEOUT_S), so the test can wait for the client's last ACKs; exits 0.
+Exits 1 at once when a call fails.
 """
 
 from __future__ import annotations
 
 import json
+import select
 import sys
 
 import grpc
@@ -34,7 +37,9 @@ def main(argv: list[str]) -> int:
                 print(f"call {i} failed: {exc.code()} {exc.details()}", file=sys.stderr)
                 return 1
             replies.append(reply.decode())
-    print(json.dumps({"ok": len(replies), "replies": replies}), flush=True)
+        print(json.dumps({"ok": len(replies), "replies": replies}), flush=True)
+        # ACKs race the RPCs inside grpc; stay subscribed until the test has seen them.
+        select.select([sys.stdin], [], [], timeout)
     return 0
 
 

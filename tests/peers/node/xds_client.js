@@ -2,8 +2,10 @@
 //
 // Usage: node xds_client.js TARGET METHOD COUNT TIMEOUT_MS
 // The xDS bootstrap comes from GRPC_XDS_BOOTSTRAP or GRPC_XDS_BOOTSTRAP_CONFIG.
-// Prints one JSON line {"ok": n, "replies": [...]} and exits 0 when every call succeeded,
-// 1 otherwise (with the error on stderr).  Every call has a deadline, and so does the process.
+// Prints one JSON line {"ok": n, "replies": [...]} when every call succeeded, then keeps its
+// xDS stream open until stdin closes (so the test can wait for its last ACKs) and exits 0;
+// exits 1 at once when a call fails (error on stderr).  Every call has a deadline, and so
+// does the process.
 'use strict';
 
 const grpc = require('@grpc/grpc-js');
@@ -23,7 +25,7 @@ const identity = (b) => b;
 const stopAll = setTimeout(() => {
   console.error(`timed out after ${timeoutMs} ms`);
   process.exit(1);
-}, timeoutMs + 1000);
+}, 2 * timeoutMs + 1000);
 
 function call(i) {
   return new Promise((resolve, reject) => {
@@ -45,7 +47,12 @@ function call(i) {
     process.exit(1);
   }
   console.log(JSON.stringify({ ok: replies.length, replies }));
-  clearTimeout(stopAll);
-  client.close();
-  process.exit(0);
+  const done = () => {
+    clearTimeout(stopAll);
+    client.close();
+    process.exit(0);
+  };
+  process.stdin.on('end', done);
+  process.stdin.on('close', done);
+  process.stdin.resume();
 })();
