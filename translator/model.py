@@ -12,15 +12,16 @@ http/utility.cc); each rule below names the Envoy behaviour it reproduces.
 * Paths: the fragment is stripped first (Istio's setting; a default Envoy rejects a path
   with a fragment with 400); path matchers see the path without query; ``:path`` header
   matchers and query matchers see path + query.
-* Header values lose surrounding spaces/tabs (the HTTP/1 parser drops them); a repeated
-  header matches when any one value matches; a ``host`` matcher sees the Host value.
+* Headers are first processed as Envoy's HTTP/1 codec and connection manager do
+  (translator.envoy_request: whitespace trimmed, inline headers joined, hop-by-hop and
+  internal headers removed, x-forwarded-proto and x-request-id added); a repeated header
+  matches when any one value matches; a ``host`` matcher sees the Host value.
 * gRPC requests (content-type application/grpc[+...]) get Envoy's local replies as HTTP 200
   (the code travels in grpc-status), so ``status`` is 200 for them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 import weakref
@@ -30,6 +31,7 @@ from typing import Any
 
 import re2
 
+from translator import envoy_request
 from translator.tables import (
     Action,
     ActionKind,
@@ -50,6 +52,7 @@ _INT64 = (-(2**63), 2**63 - 1)
 # absl::SimpleAtoi: optional surrounding ASCII whitespace, optional sign, decimal digits
 _ATOI = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)[ \t\n\v\f\r]*")
 _PCT = re.compile(r"%([0-9A-Fa-f]{2})")
+_PATH_PARAMS = re.compile(r";[^/]*")
 
 
 class RequestError(ValueError):
@@ -265,7 +268,8 @@ class _View:
         self.path_only = self.full_path.split("?", 1)[0]
         mp = self.path_only
         if table.ignore_path_parameters_in_path_matching:
-            mp = mp.split(";", 1)[0]
+            # each segment loses its ";params" (measured on Envoy 1.40: /a;x/b is /a/b)
+            mp = _PATH_PARAMS.sub("", mp)
         self.match_path = mp
         self.query: dict[str, str] | None = None
         headers: dict[str, list[str]] = {}
@@ -519,17 +523,9 @@ def decide(table: RouteTable, vh: VirtualHost | None, index: int | None, request
     )
 
 
-_OWS = " \t"
-
-
 def normalize(request: Request) -> Request:
-    """The request as Envoy's HTTP/1 parser hands it on: no whitespace around values."""
-    if request.authority.strip(_OWS) == request.authority and all(
-            v.strip(_OWS) == v for _, v in request.headers):
-        return request
-    return dataclasses.replace(
-        request, authority=request.authority.strip(_OWS),
-        headers=tuple((n, v.strip(_OWS)) for n, v in request.headers))
+    """The request as Envoy's router sees it (translator.envoy_request.prepare)."""
+    return envoy_request.prepare(request)
 
 
 def is_grpc(request: Request) -> bool:
