@@ -91,10 +91,16 @@ class Datapath:
         """Write ``tables`` as diffs, point the slow path at them, warm the pools."""
         assert self.encoder is not None and self.pools is not None and self.splice is not None
         self.splice.tables = tables  # the slow path sees new tables before the kernel does
-        stats = self.encoder.apply(tables)
+        pools = self.pools
+
+        def warm(endpoints: dict[int, tuple[str, int]]) -> None:
+            # pools of new endpoints are warm before any host list names them
+            pools.set_endpoints(endpoints, drop_missing=False)
+            pools.maintain()
+
+        stats = self.encoder.apply(tables, before_write=warm)
+        pools.set_endpoints(self.encoder.endpoints())  # close pools nothing names any more
         self.tables = tables
-        self.pools.set_endpoints(self.encoder.endpoints())
-        self.pools.maintain()
         return {"writes": stats.writes, "deletes": stats.deletes}
 
     def counters(self) -> dict[str, int]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes as C
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,7 @@ class IdAllocator:
         self.limit = limit_
         self.ids: dict[Any, int] = {}
         self._free: list[int] = []
+        self._quarantine: list[int] = []
         self._next = 1
 
     def get(self, name: Any) -> int | None:
@@ -119,9 +121,13 @@ class IdAllocator:
         return i
 
     def keep_only(self, names: set[Any]) -> None:
+        """Forget names not in ``names``.  Their ids are reused only after the next call:
+        in-flight requests and pooled connections may still refer to them meanwhile."""
+        self._free.extend(self._quarantine)
+        self._quarantine = []
         for name in list(self.ids):
             if name not in names:
-                self._free.append(self.ids.pop(name))
+                self._quarantine.append(self.ids.pop(name))
 
 
 class RangeAllocator:
@@ -203,13 +209,20 @@ class Encoder:
     def route_table_name(self, rt_id: int) -> str | None:
         return next((n for n, i in self.rt_ids.ids.items() if i == rt_id), None)
 
-    def apply(self, tables: Tables) -> ApplyStats:
-        """Make the maps say ``tables``; returns how many entries were written/deleted."""
+    def apply(self, tables: Tables,
+              before_write: Callable[[dict[int, tuple[str, int]]], None] | None = None
+              ) -> ApplyStats:
+        """Make the maps say ``tables``; returns how many entries were written/deleted.
+
+        ``before_write(endpoints)`` runs once ids are assigned and before any map is
+        written: the agent warms pools for new endpoints there (make before break)."""
         self.user_reasons = []
         desired: dict[str, dict[bytes, bytes]] = {n: {} for n in MAPS}
         self._encode_clusters(tables, desired)
         self._encode_routes(tables, desired)
         self._encode_services(tables, desired)
+        if before_write is not None:
+            before_write(self.endpoints())
         stats = self._write(desired)
         self.tables = tables
         return stats
@@ -395,7 +408,7 @@ class Encoder:
                 for d in vh.domains:
                     d = d.lower()
                     if d == "*":
-                        t.default_vh = vh_id
+                        t.default_vh = t.default_vh or vh_id  # the first "*" wins
                         continue
                     if d.startswith("*"):
                         kind, part = limit("DOM_SUFFIX"), d[1:].encode()[::-1]
@@ -415,9 +428,9 @@ class Encoder:
                             t.flags |= limit("RT_USER")
                             continue
                         bits[len(part) >> 6] |= 1 << (len(part) & 63)
-                    self._put(desired, "sm_domains_v1",
-                              L.DomKey(rt_id=rt_id, kind=kind, len=len(part), hash=fnv1a64(part)),
-                              vh_id)
+                    dkey = L.DomKey(rt_id=rt_id, kind=kind, len=len(part), hash=fnv1a64(part))
+                    if bytes(dkey) not in desired["sm_domains_v1"]:  # the first vhost wins
+                        self._put(desired, "sm_domains_v1", dkey, vh_id)
             self._put(desired, "sm_rtables_v1", rt_id, t)
         for hname, slot in self.hdr_slots.items():
             self._put(desired, "sm_hdrslots_v1", fnv1a64(hname.encode()), slot)

@@ -17,6 +17,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ PER_EP = limit("POOL_PER_ENDPOINT")
 IDLE, BUSY, DEAD, EMPTY = (limit("SLOT_IDLE"), limit("SLOT_BUSY"), limit("SLOT_DEAD"),
                            limit("SLOT_EMPTY"))
 CONNECT_TIMEOUT = 1.0
+RETRY_AFTER = 0.2  # seconds before connecting again to an endpoint that refused
 
 
 class Pools:
@@ -49,6 +51,7 @@ class Pools:
         self.conns: dict[int, socket.socket] = {}  # slot id -> socket
         self._gen: dict[int, int] = {}
         self._miss_seen: dict[int, int] = {}
+        self._retry_at: dict[int, float] = {}  # endpoint -> monotonic time of next connect
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -79,13 +82,25 @@ class Pools:
             m.close()
 
     # ---- state ------------------------------------------------------------------------
-    def set_endpoints(self, endpoints: dict[int, tuple[str, int]]) -> None:
-        """The endpoints the tables name (encoder ids); pools follow on the next maintain."""
+    def set_endpoints(self, endpoints: dict[int, tuple[str, int]],
+                      drop_missing: bool = True) -> None:
+        """The endpoints the tables name (encoder ids); pools follow on the next maintain.
+
+        drop_missing=False only adds (before the maps name new endpoints); the agent drops
+        the rest once the maps no longer name them."""
         with self._lock:
             for ep in list(self.endpoints):
-                if endpoints.get(ep) != self.endpoints[ep]:
+                if ep in endpoints and endpoints[ep] != self.endpoints[ep]:
                     self._drop_endpoint(ep)
-            self.endpoints = {e: a for e, a in endpoints.items()}
+                elif ep not in endpoints and drop_missing:
+                    self._drop_endpoint(ep)
+            for ep, addr in endpoints.items():
+                if self.endpoints.get(ep) != addr:  # new, or an id reused for another address
+                    self._retry_at.pop(ep, None)
+                    miss = self.epmiss.get(ep)
+                    self._miss_seen[ep] = int(miss.value) if miss is not None else 0
+            kept = {e: a for e, a in self.endpoints.items() if not drop_missing}
+            self.endpoints = kept | dict(endpoints)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -100,7 +115,10 @@ class Pools:
     def maintain(self) -> None:
         """One pass: warm, replace dead, grow on misses."""
         with self._lock:
+            now = time.monotonic()
             for ep, addr in list(self.endpoints.items()):
+                if self._retry_at.get(ep, 0.0) > now:
+                    continue  # connect failed recently: back off
                 n = self.size(ep)
                 for j in range(n):
                     sid = ep * PER_EP + j
@@ -139,13 +157,15 @@ class Pools:
         try:
             s = socket.create_connection(addr, timeout=CONNECT_TIMEOUT)
         except OSError as exc:
-            log.warning("pool connect to %s:%d failed: %s", addr[0], addr[1], exc)
+            log.info("pool connect to %s:%d failed: %s", addr[0], addr[1], exc)
+            self._retry_at[ep] = time.monotonic() + RETRY_AFTER
             return False
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             self.socks.set(sid, U64(s.fileno()))
         except BpfError as exc:  # e.g. the backend already closed it (ENOTSUP)
-            log.warning("pool insert %s:%d failed: %s", addr[0], addr[1], exc)
+            log.info("pool insert %s:%d failed: %s", addr[0], addr[1], exc)
+            self._retry_at[ep] = time.monotonic() + RETRY_AFTER
             s.close()
             return False
         ip, port = s.getsockname()
