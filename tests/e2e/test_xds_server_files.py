@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parents[2]
 ISTIO = ROOT.parent / "shared" / "testdata" / "istio"
 ISTIO_DUMPS = sorted(ISTIO.glob("*.json")) if ISTIO.is_dir() else []
 ALL_TYPES = (CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION)
-WAIT_S = 15.0
+WAIT_S = 20.0
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 
 
 class RawSubscriber:
@@ -338,7 +338,7 @@ async def test_cli_server_to_cli_dump_round_trip(delta: bool) -> None:
     server = await CliServer.start(dump)
     try:
         rc, out, err = await run_cli_raw(
-            "xds-dump", "--server", f"127.0.0.1:{server.port}", "--timeout", "10",
+            "xds-dump", "--server", f"127.0.0.1:{server.port}", "--timeout", "20",
             "--missing-after", "1", *(["--delta"] if delta else []))
         assert rc == 0, err
         received = parse_config_dump(json.loads(out), "xds-dump output")
@@ -356,7 +356,7 @@ async def run_cli_raw(*args: str) -> tuple[int, str, str]:
         sys.executable, "-m", "integration.cli", *args, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), WAIT_S + 5)
+        out, err = await asyncio.wait_for(proc.communicate(), WAIT_S + 10)
     finally:
         if proc.returncode is None:
             proc.kill()
