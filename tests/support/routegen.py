@@ -633,6 +633,8 @@ class _Gen:
                               "validate_clusters": False}
         if rng.random() < 0.3:
             rc["ignore_port_in_host_matching"] = True
+        if rng.random() < 0.3:  # paths with ";param" are generated for every route
+            rc["ignore_path_parameters_in_path_matching"] = True
         return GeneratedConfig(self.seed, rc, sorted(set(self.clusters)), self.requests,
                                self.weighted)
 
