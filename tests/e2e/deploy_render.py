@@ -74,12 +74,12 @@ def run_tool(argv: list[str | Path], timeout: float = 120) -> str:
 
 def helm_template(values: Path | None = None, *, release: str = RELEASE,
                   namespace: str = NAMESPACE, kube_version: str | None = None) -> str:
-    """``helm template`` of the chart, as text."""
-    argv: list[str | Path] = [tool("helm"), "template", release, CHART, "--namespace", namespace]
+    """``helm template`` of the chart, as text (for the chart's minimum Kubernetes by default:
+    helm built from its module assumes 1.20 otherwise)."""
+    argv: list[str | Path] = [tool("helm"), "template", release, CHART, "--namespace", namespace,
+                              "--kube-version", kube_version or min_kube_version()]
     if values is not None:
         argv += ["--values", values]
-    if kube_version is not None:
-        argv += ["--kube-version", kube_version]
     return run_tool(argv)
 
 
@@ -130,7 +130,7 @@ def min_kube_version() -> str:
 
 def write_kustomize_base() -> list[Path]:
     """Re-render deploy/kubernetes from the chart; returns the files written or removed."""
-    expected = expected_kustomize_files(kube_version=min_kube_version())
+    expected = expected_kustomize_files()
     changed: list[Path] = []
     for name, text in generated_files_on_disk().items():
         if name not in expected:

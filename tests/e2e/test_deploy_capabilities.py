@@ -1,0 +1,86 @@
+"""The DaemonSet's capabilities are enough to load the datapath, and each one is needed.
+
+The container runs as uid 0 with every capability dropped except the DaemonSet's
+``capabilities.add``; ``setpriv --bounding-set`` gives a process exactly that set.  The real
+datapath (bcc compile, load, attach to a dedicated test cgroup, pin in bpffs, then detach)
+must load with the set and fail without any one of its members.  Not emulated here: the
+runtime's seccomp and AppArmor profiles (see deploy/helm/sockmesh/values.yaml).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import deploy_render as dr
+from tests.support.cgroup import pin_dir_for, sweep_leftovers
+from tests.support.cgroup import test_cgroup as dedicated_cgroup
+
+pytestmark = pytest.mark.kernel
+
+LOAD = r"""
+import sys
+from pathlib import Path
+from bpf.datapath import Datapath
+dp = Datapath(Path(sys.argv[1]), Path(sys.argv[2]))
+try:
+    dp.load()
+finally:
+    dp.close(detach=True)
+print("datapath loaded")
+"""
+
+
+def daemonset_capabilities() -> list[str]:
+    ds = next(o for o in dr.load_objects(dr.helm_template()) if o["kind"] == "DaemonSet")
+    (c,) = ds["spec"]["template"]["spec"]["containers"]
+    caps = c["securityContext"]["capabilities"]
+    assert caps["drop"] == ["ALL"]
+    return list(caps["add"])
+
+
+def load_with(caps: list[str]) -> subprocess.CompletedProcess[str]:
+    bounding = ",".join(["-all"] + [f"+{c.lower()}" for c in caps])
+    with dedicated_cgroup() as cg:
+        pin = pin_dir_for(cg)
+        try:
+            return subprocess.run(
+                ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all",
+                 sys.executable, "-c", LOAD, str(cg), str(pin)],
+                capture_output=True, text=True, timeout=300, cwd=dr.ROOT)
+        finally:
+            assert not pin.exists() or not any(pin.iterdir()), f"{pin} left behind"
+            if pin.exists():
+                pin.rmdir()
+
+
+@pytest.fixture(scope="module")
+def caps() -> list[str]:
+    sweep_leftovers()
+    return daemonset_capabilities()
+
+
+def test_datapath_loads_with_the_daemonsets_capabilities(caps: list[str]) -> None:
+    proc = load_with(caps)
+    assert proc.returncode == 0 and "datapath loaded" in proc.stdout, (
+        f"the datapath does not load with capabilities {caps}:\n{proc.stderr[-3000:]}")
+
+
+def test_each_capability_is_needed(caps: list[str]) -> None:
+    unneeded = []
+    for cap in caps:
+        proc = load_with([c for c in caps if c != cap])
+        if proc.returncode == 0:
+            unneeded.append(cap)
+    assert not unneeded, f"the datapath loads without {unneeded}: drop them from the DaemonSet"
+
+
+def test_bounding_set_really_limits(tmp_path: Path) -> None:
+    # the two tests above mean something only if setpriv takes capabilities away from root
+    proc = subprocess.run(["setpriv", "--bounding-set=-all,+syslog", "--inh-caps=-all",
+                           "grep", "^CapEff", "/proc/self/status"],
+                          capture_output=True, text=True, timeout=10, check=True)
+    assert int(proc.stdout.split()[1], 16) == 1 << 34  # CAP_SYSLOG is bit 34
