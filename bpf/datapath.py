@@ -143,12 +143,10 @@ def _port(v: int) -> int:
 def dump(pin_dir: Path, encoder: Encoder | None = None) -> dict[str, Any]:
     """Read the pinned maps under ``pin_dir`` and render them as plain data."""
     pin_dir = Path(pin_dir)
-    names = (lambda kind, i: None)
-    if encoder is not None:
-        def names(kind: str, i: int) -> str | None:
-            if kind == "rt":
-                return encoder.route_table_name(i)
-            return encoder.cluster_name(i)
+    def names(kind: str, i: int) -> str | None:
+        if encoder is None:
+            return None
+        return encoder.route_table_name(i) if kind == "rt" else encoder.cluster_name(i)
 
     def opened(name: str, k: Any, v: Any) -> PinnedMap:
         return PinnedMap(pin_dir / name, k, v)

@@ -78,7 +78,7 @@ def regex_literal_prefix(pattern: str) -> str:
     """
     if "|" in pattern:
         return ""
-    out = []
+    out: list[str] = []
     for ch in pattern:
         if ch in _REGEX_META:
             if ch in "*?{" and out:
@@ -328,7 +328,7 @@ class Encoder:
             else:
                 r.path_kind = limit("PATH_ANY")
             user = True
-        conds = []
+        conds: list[L.Cond] = []
         for m in rule.headers:
             c = self._cond(m)
             if c is None or len(conds) >= limit("CONDS_PER_RULE"):

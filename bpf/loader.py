@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes as C
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -33,6 +34,7 @@ from bpf.hashing import WELL_KNOWN, fnv1a64
 from bpf.layout import Config
 from bpf.limits import limit
 
+log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 CGROUP2_ROOT = Path("/sys/fs/cgroup/unified")
 BPFFS = Path("/sys/fs/bpf")
@@ -297,8 +299,8 @@ class Loader:
         for mod in self._modules:
             try:
                 mod.cleanup()  # type: ignore[attr-defined]
-            except Exception:  # noqa: BLE001 - best effort on teardown
-                pass
+            except Exception as exc:  # noqa: BLE001 - best effort on teardown
+                log.debug("bcc module cleanup: %s", exc)
         self._modules.clear()
         if not self.reused:
             self.prog_fds.clear()  # owned by the bcc modules

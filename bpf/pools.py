@@ -90,9 +90,7 @@ class Pools:
         the rest once the maps no longer name them."""
         with self._lock:
             for ep in list(self.endpoints):
-                if ep in endpoints and endpoints[ep] != self.endpoints[ep]:
-                    self._drop_endpoint(ep)
-                elif ep not in endpoints and drop_missing:
+                if ep in endpoints and endpoints[ep] != self.endpoints[ep] or ep not in endpoints and drop_missing:
                     self._drop_endpoint(ep)
             for ep, addr in endpoints.items():
                 if self.endpoints.get(ep) != addr:  # new, or an id reused for another address

@@ -27,10 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bpf.datapath import Datapath  # noqa: E402
-from tests.support.cgroup import pin_dir_for, spawn_in_cgroup, sweep_leftovers, test_cgroup  # noqa: E402
-from tests.support.envoy import EnvoyProcess  # noqa: E402
-from translator.tables import (  # noqa: E402
+from bpf.datapath import Datapath
+from tests.support.cgroup import pin_dir_for, spawn_in_cgroup, sweep_leftovers, test_cgroup
+from tests.support.envoy import EnvoyProcess
+from translator.tables import (
     Action,
     ActionKind,
     Cluster,
@@ -135,7 +135,7 @@ def wrk(cgroup: Path, url: str, seconds: int) -> dict[str, float]:
     text = out.decode()
     res: dict[str, float] = {}
     for pct in ("50", "99"):
-        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", text, re.MULTILINE)
         if not m:
             raise RuntimeError(f"wrk output not understood:\n{text}")
         res[f"p{pct}_us"] = float(m.group(1)) * _UNIT[m.group(2)]

@@ -108,6 +108,30 @@ class Conn:
         return r
 
 
+def run_parallel(cmd: dict) -> list:
+    """cmd["n"] connections at once, each sending cmd["raws"] in order."""
+    results: list = [None] * cmd["n"]
+
+    def run(i: int) -> None:
+        try:
+            c = Conn(cmd["host"], cmd["port"])
+            res = []
+            for r in cmd["raws"]:
+                raw = base64.b64decode(r)
+                res.append(c.request(raw, method=method_of(raw)))
+            c.sock.close()
+            results[i] = res
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            results[i] = {"error": repr(exc)}
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(cmd["n"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT * 3)
+    return results
+
+
 def method_of(raw: bytes) -> str:
     return raw.split(b" ", 1)[0].decode("latin-1")
 
@@ -165,26 +189,7 @@ def main() -> None:
                 conns.pop(cmd["conn"]).sock.close()
                 out = {}
             elif op == "parallel":
-                results: list = [None] * cmd["n"]
-
-                def run(i: int) -> None:
-                    try:
-                        c = Conn(cmd["host"], cmd["port"])
-                        res = []
-                        for r in cmd["raws"]:
-                            raw = base64.b64decode(r)
-                            res.append(c.request(raw, method=method_of(raw)))
-                        c.sock.close()
-                        results[i] = res
-                    except Exception as exc:  # noqa: BLE001 - reported to the test
-                        results[i] = {"error": repr(exc)}
-
-                threads = [threading.Thread(target=run, args=(i,)) for i in range(cmd["n"])]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join(TIMEOUT * 3)
-                out = {"results": results}
+                out = {"results": run_parallel(cmd)}
             else:
                 out = {"error": f"unknown op {op}"}
         except Exception as exc:  # noqa: BLE001 - reported to the test

@@ -39,3 +39,29 @@ def test_each_request_lands_on_its_routes_backend(mesh: Mesh, client: Client, ba
     slow = {k: after[k] - before[k] for k in ("not_http", "parse_limit", "pipelined",
                                               "pool_empty", "rule_user", "no_route")}
     assert not any(slow.values()), slow
+
+
+def test_apply_writes_only_what_changed_and_dump_reads_it_back(mesh: Mesh, client: Client,
+                                                                backends) -> None:
+    b1, b2 = make_backends(backends, "b1", "b2")
+    rules = [rule("/", action=to("c1")), rule("/api", action=to("c2"))]
+    t1 = http_tables(VIP, PORT, [vhost("svc", ["svc.test"], rules)],
+                     [cluster("c1", [b1]), cluster("c2", [b2])])
+    mesh.dp.apply(t1)
+    assert mesh.dp.apply(t1) == {"writes": 0, "deletes": 0}  # nothing changed
+    # one rule's target changes: one rule entry is rewritten, nothing else
+    changed = [rules[0], rule("/api", action=to("c1"))]
+    t2 = http_tables(VIP, PORT, [vhost("svc", ["svc.test"], changed)],
+                     [cluster("c1", [b1]), cluster("c2", [b2])])
+    assert mesh.dp.apply(t2) == {"writes": 1, "deletes": 0}
+    local = client.connect("a", VIP, PORT)
+    assert client.request("a", http("GET", "/api", "svc.test"))["headers"]["x-backend"] == "b1"
+    d = mesh.dp.dump()
+    assert {"vip": VIP, "port": PORT, "kind": "http", "id": d["services"][0]["id"],
+            "name": "rt"} in d["services"]
+    assert {c["name"] for c in d["clusters"]} >= {"c1", "c2"}
+    me = next(c for c in d["clients"] if c["client"] == f"{local[0]}:{local[1]}")
+    assert (me["service"], me["route_table"], me["requests"], me["last_cluster"]) == (
+        f"{VIP}:{PORT}", "rt", 1, "c1")
+    eps = {e["addr"]: e for e in d["endpoints"]}
+    assert eps[f"{b1.host}:{b1.port}"]["pool"].count("idle") >= 2

@@ -134,7 +134,6 @@ def test_pipelined_requests_answered_in_order(mesh: Mesh, client: Client, routed
 ], ids=["tls_client_hello", "h2_preface"])
 def test_non_http_bytes_relayed_opaquely(mesh: Mesh, client: Client, routed,
                                          payload: bytes) -> None:
-    *_, echo = routed
     client.connect("a", VIP, PORT)
     before = mesh.counters()
     client.send("a", payload)
@@ -144,7 +143,7 @@ def test_non_http_bytes_relayed_opaquely(mesh: Mesh, client: Client, routed,
 
 def test_exhausted_pool_goes_to_user_space_then_grows(mesh: Mesh, client: Client,
                                                       routed) -> None:
-    b1, b2, *_ = routed
+    _, b2, *_ = routed
     pools = mesh.dp.pools
     ep = next(i for i, a in mesh.dp.encoder.endpoints().items() if a == (b2.host, b2.port))
     local = client.connect("a", VIP, PORT)

@@ -74,9 +74,9 @@ def spawn_in_cgroup(argv: list[str], cgroup: Path, **kw: object) -> subprocess.P
     (connect() in particular) happens before it is in the cgroup.
     """
     r, w = os.pipe()
-    gate = [sys.executable, "-c",
-            "import os,sys; fd=int(sys.argv[1]); os.read(fd,1); os.close(fd); "
-            "os.execvp(sys.argv[2], sys.argv[2:])", str(r)]
+    script = ("import os,sys; fd=int(sys.argv[1]); os.read(fd,1); os.close(fd); "
+              "os.execvp(sys.argv[2], sys.argv[2:])")
+    gate = [sys.executable, "-c", script, str(r)]
     proc = subprocess.Popen(gate + argv, pass_fds=(r,), **kw)  # type: ignore[call-overload]
     os.close(r)
     try:
