@@ -8,21 +8,36 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from integration.cli import main
-from tests.support.routegen import config_dump, generate
+from tests.support.routegen import config_dump, generate, istio_testdata
 
-ISTIO = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "istio"
-PSP_DUMP = ISTIO / "istio_k8s_gateway_path_separated_prefix_rds.json"
-BOOKINFO_DUMP = ISTIO / "istio_bookinfo_gateway_rds_cds.json"
 DECISION_KEYS = {"route_config", "virtual_host", "route", "envoy_index", "rule", "action",
                  "cluster", "candidates", "status", "location", "not_enforced"}
 HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
             "HttpConnectionManager")
+
+
+def _istio_dir() -> Path:
+    found = istio_testdata()
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true and shared/testdata/istio is missing")
+        pytest.skip("shared/testdata/istio not found next to the repository")
+    return found
+
+
+def psp_dump() -> Path:
+    return _istio_dir() / "istio_k8s_gateway_path_separated_prefix_rds.json"
+
+
+def bookinfo_dump() -> Path:
+    return _istio_dir() / "istio_bookinfo_gateway_rds_cds.json"
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -38,7 +53,7 @@ def write(tmp_path: Path, name: str, obj: Any) -> Path:
 
 
 def psp_route_config() -> dict[str, Any]:
-    dump = json.loads(PSP_DUMP.read_text())
+    dump = json.loads(psp_dump().read_text())
     rc: dict[str, Any] = dump["configs"][0]["dynamic_route_configs"][0]["route_config"]
     return rc
 
@@ -80,7 +95,7 @@ def test_batch_one_decision_per_line_in_order(tmp_path: Path,
         json.dumps({"method": "GET", "authority": host, "path": p, "headers": {"x-a": "b"}})
         + "\n" + ("\n" if i == 1 else "")  # a blank line is skipped
         for i, p in enumerate(paths)))
-    code, out, err = run_cli(["explain", "--config-dump", str(PSP_DUMP),
+    code, out, err = run_cli(["explain", "--config-dump", str(psp_dump()),
                               "--route-config", rc["name"], "--requests", str(reqs)], capsys)
     assert code == 0, err
     lines = [json.loads(x) for x in out.splitlines()]
@@ -102,7 +117,7 @@ def test_batch_reads_stdin(capsys: pytest.CaptureFixture[str],
     monkeypatch.setattr("sys.stdin", io.StringIO(
         json.dumps({"authority": host, "path": "/get"}) + "\n"
         + json.dumps({"authority": "elsewhere", "path": "/get"}) + "\n"))
-    code, out, err = run_cli(["explain", "--config-dump", str(PSP_DUMP),
+    code, out, err = run_cli(["explain", "--config-dump", str(psp_dump()),
                               "--route-config", rc["name"], "--requests", "-"], capsys)
     assert code == 0, err
     first, second = (json.loads(x) for x in out.splitlines())
@@ -136,13 +151,13 @@ def test_batch_matches_single_json_on_generated_config(
 
 def test_single_form_explains_virtual_host_rule_and_action(
         capsys: pytest.CaptureFixture[str]) -> None:
-    dump = json.loads(BOOKINFO_DUMP.read_text())
+    dump = json.loads(bookinfo_dump().read_text())
     rc = dump["configs"][0]["dynamic_route_configs"][0]["route_config"]
     vh = rc["virtual_hosts"][0]
     routes = vh["routes"]
     target = next(i for i, r in enumerate(routes) if "prefix" in r["match"])
     path = routes[target]["match"]["prefix"] + "/app.css"
-    code, out, err = run_cli(["explain", "--config-dump", str(BOOKINFO_DUMP), "--route-config",
+    code, out, err = run_cli(["explain", "--config-dump", str(bookinfo_dump()), "--route-config",
                               rc["name"], "-H", "x-user: jason", f"http://anything:80{path}"],
                              capsys)
     assert code == 0, err
@@ -157,7 +172,7 @@ def test_single_form_explains_virtual_host_rule_and_action(
 def test_single_form_host_header_sets_authority(capsys: pytest.CaptureFixture[str]) -> None:
     rc = psp_route_config()
     host = rc["virtual_hosts"][0]["domains"][0]
-    code, out, err = run_cli(["explain", "--config-dump", str(PSP_DUMP), "--route-config",
+    code, out, err = run_cli(["explain", "--config-dump", str(psp_dump()), "--route-config",
                               rc["name"], "--json", "-H", f"Host: {host}",
                               "http://127.0.0.1:8080/get/x"], capsys)
     assert code == 0, err
@@ -166,7 +181,7 @@ def test_single_form_host_header_sets_authority(capsys: pytest.CaptureFixture[st
 
 def test_single_form_no_route_says_so(capsys: pytest.CaptureFixture[str]) -> None:
     rc = psp_route_config()
-    code, out, _ = run_cli(["explain", "--config-dump", str(PSP_DUMP), "--route-config",
+    code, out, _ = run_cli(["explain", "--config-dump", str(psp_dump()), "--route-config",
                             rc["name"], "http://no.such.host/get"], capsys)
     assert code == 0
     assert "virtual host   none" in out and "404" in out
@@ -292,14 +307,14 @@ def test_bad_request_line_names_its_line(tmp_path: Path, capsys: pytest.CaptureF
                                          line: str, expect: str) -> None:
     rc = psp_route_config()
     reqs = write(tmp_path, "r.jsonl", '{"path": "/get"}\n\n' + line + "\n")
-    err = _explain_err(["explain", "--config-dump", str(PSP_DUMP), "--route-config",
+    err = _explain_err(["explain", "--config-dump", str(psp_dump()), "--route-config",
                         rc["name"], "--requests", str(reqs)], capsys)
     assert "r.jsonl line 3" in err and expect in err
 
 
 def test_bad_single_form_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     rc = psp_route_config()
-    base = ["explain", "--config-dump", str(PSP_DUMP), "--route-config", rc["name"]]
+    base = ["explain", "--config-dump", str(psp_dump()), "--route-config", rc["name"]]
     assert "expected 'name: value'" in _explain_err([*base, "-H", "novalue", "http://a/"],
                                                     capsys)
     assert "expected http://" in _explain_err([*base, "a/b"], capsys)
@@ -321,7 +336,7 @@ def test_port_error_says_which_listeners_were_skipped(
 def test_config_dump_from_stdin(capsys: pytest.CaptureFixture[str],
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     rc = psp_route_config()
-    monkeypatch.setattr("sys.stdin", io.StringIO(PSP_DUMP.read_text()))
+    monkeypatch.setattr("sys.stdin", io.StringIO(psp_dump().read_text()))
     code, out, err = run_cli(["explain", "--config-dump", "-", "--route-config", rc["name"],
                               "--json", f"http://{rc['virtual_hosts'][0]['domains'][0]}/get"],
                              capsys)

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from integration.cli import main
-from tests.support.routegen import generate
+from tests.support.routegen import generate, istio_testdata
 
-ISTIO = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "istio"
-BOOKINFO_DUMP = ISTIO / "istio_bookinfo_gateway_rds_cds.json"
+
+def _istio_dir() -> Path:
+    found = istio_testdata()
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true and shared/testdata/istio is missing")
+        pytest.skip("shared/testdata/istio not found next to the repository")
+    return found
+
+
+def psp_dump() -> Path:
+    return _istio_dir() / "istio_k8s_gateway_path_separated_prefix_rds.json"
+
+
+def bookinfo_dump() -> Path:
+    return _istio_dir() / "istio_bookinfo_gateway_rds_cds.json"
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -22,7 +37,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 
 def bookinfo_route_config() -> dict[str, Any]:
-    dump = json.loads(BOOKINFO_DUMP.read_text())
+    dump = json.loads(bookinfo_dump().read_text())
     rc: dict[str, Any] = dump["configs"][0]["dynamic_route_configs"][0]["route_config"]
     return rc
 
@@ -31,7 +46,7 @@ def test_readable_tables_show_rules_in_last_match_order(
         capsys: pytest.CaptureFixture[str]) -> None:
     rc = bookinfo_route_config()
     routes = rc["virtual_hosts"][0]["routes"]
-    code, out, err = run_cli(["tables", "--config-dump", str(BOOKINFO_DUMP)], capsys)
+    code, out, err = run_cli(["tables", "--config-dump", str(bookinfo_dump())], capsys)
     assert code == 0, err
     assert f"ROUTE CONFIG {rc['name']}" in out
     assert f"VIRTUAL HOST {rc['virtual_hosts'][0]['name']}" in out
