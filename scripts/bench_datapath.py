@@ -15,6 +15,7 @@ CPU 0.  Run as root from the repository root:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import socket
@@ -148,10 +149,23 @@ def wrk(cgroup: Path, url: str, seconds: int) -> dict[str, float]:
     return res
 
 
+def program_stats() -> list[tuple[str, int, int]]:
+    """(name, run count, total ns) of every loaded sockmesh program (sm_*)."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    rows = []
+    for p in json.loads(out):
+        if p.get("name", "").startswith("sm_") and "run_cnt" in p:
+            rows.append((p["name"], int(p["run_cnt"]), int(p["run_time_ns"])))
+    return sorted(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=int, default=5, help="duration of each wrk run")
     ap.add_argument("--rounds", type=int, default=2, help="runs per mode (best p50 kept)")
+    ap.add_argument("--prog-stats", action="store_true",
+                    help="enable kernel.bpf_stats_enabled and print ns per program run")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (BPF, cgroup v2)")
@@ -172,6 +186,9 @@ def main() -> None:
                      "sockmesh": f"http://{VIP}:{VIP_PORT}/",
                      "envoy": f"http://127.0.0.1:{eport}/"}
             before = dp.counters()
+            stats_was = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
+            if args.prog_stats:
+                Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1")
             results: dict[str, dict[str, float]] = {}
             for _ in range(args.rounds):
                 for name, url in modes.items():
@@ -179,7 +196,10 @@ def main() -> None:
                     if name not in results or r["p50_us"] < results[name]["p50_us"]:
                         results[name] = r
             after = dp.counters()
+            prog_stats = program_stats() if args.prog_stats else []
         finally:
+            if args.prog_stats:
+                Path("/proc/sys/kernel/bpf_stats_enabled").write_text(stats_was)
             envoy.stop()
             dp.close()
             nginx.terminate()
@@ -201,6 +221,8 @@ def main() -> None:
     print(f"added p50 latency, sockmesh / envoy = {added_sm:.1f} / {added_envoy:.1f} us "
           f"= {ratio:.3f} (target <= 0.1)")
     print(f"kernel fast path handled {fast} requests, user space {handed}")
+    for name, cnt, ns in prog_stats:
+        print(f"  {name:16} {cnt:9d} runs {ns / max(cnt, 1):8.0f} ns/run")
 
 
 if __name__ == "__main__":

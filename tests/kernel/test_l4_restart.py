@@ -74,3 +74,25 @@ def test_weighted_ring_over_the_limit_goes_to_user_space(mesh: Mesh, client: Cli
     r = client.request("a", http("GET", "/", HOST))
     assert r["headers"]["x-backend"] in ("w1", "w2")
     assert mesh.counters()["limit"] - before["limit"] == 1
+
+
+def test_pooled_connections_closed_by_the_backend_are_replaced(mesh: Mesh, client: Client,
+                                                               backends) -> None:
+    import time
+
+    (b1,) = make_backends(backends, "b1")
+    mesh.dp.apply(http_tables(VIP, PORT, [vhost("r", [HOST], [rule("/", action=to("c1"))])],
+                              [cluster("c1", [b1])]))
+    client.connect("a", VIP, PORT)
+    assert client.request("a", http("GET", "/", HOST))["body"] == b"b1"
+    pools = mesh.dp.pools
+    before, replaced = mesh.counters(), pools.replaced
+    b1.drop_connections()  # every pooled connection sees a FIN (a zero-length skb in sk_skb)
+    deadline = time.monotonic() + 5
+    while pools.replaced - replaced < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert mesh.counters()["pool_fin"] - before["pool_fin"] >= 2
+    assert pools.replaced - replaced >= 2
+    rs = client.requests("a", [http("GET", f"/after{i}", HOST) for i in range(20)])
+    assert all(r["body"] == b"b1" for r in rs)
+    assert mesh.counters()["fast"] - before["fast"] >= 20
