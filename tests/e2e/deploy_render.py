@@ -47,7 +47,7 @@ class ToolMissing(RuntimeError):
 
 def pinned_version(name: str) -> str:
     """The version scripts/setup.sh pins for ``name`` (HELM_VERSION=..., KUSTOMIZE_VERSION=...)."""
-    m = re.search(rf'^{name.upper()}_VERSION="([^"]+)"', SETUP.read_text(), re.M)
+    m = re.search(rf'^{name.upper()}_VERSION="([^"]+)"', SETUP.read_text(), re.MULTILINE)
     if m is None:
         raise AssertionError(f"scripts/setup.sh pins no {name.upper()}_VERSION")
     return m.group(1)
@@ -65,7 +65,7 @@ def tool(name: str) -> Path:
 def run_tool(argv: list[str | Path], timeout: float = 120) -> str:
     """Run a tool; raise with its stderr when it fails."""
     proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+                          timeout=timeout, cwd=ROOT, check=False)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, argv))} exited {proc.returncode}:\n"
                              f"{proc.stderr}{proc.stdout}")
@@ -96,7 +96,7 @@ def load_objects(text: str) -> list[dict[str, Any]]:
 def split_by_source(text: str) -> dict[str, str]:
     """helm template output split into {template file name: its rendered YAML}."""
     out: dict[str, str] = {}
-    for chunk in re.split(r"^---\n", text, flags=re.M):
+    for chunk in re.split(r"^---\n", text, flags=re.MULTILINE):
         m = re.match(r"# Source: [^\n]*/templates/([^\n/]+)\n", chunk)
         if m is None:
             if chunk.strip():

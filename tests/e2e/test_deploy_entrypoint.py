@@ -42,7 +42,7 @@ def run_entrypoint(host: Path, *, bpffs: Path = BPFFS, hide_usr_src: bool = Fals
     return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
          str(ENTRYPOINT), command],
-        capture_output=True, text=True, timeout=30, env=env)
+        capture_output=True, text=True, timeout=30, env=env, check=False)
 
 
 def make_tree(host: Path, name: str, *, generated: bool = True) -> Path:

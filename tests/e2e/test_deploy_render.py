@@ -17,6 +17,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
@@ -24,6 +26,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 from kubernetes_validate.utils import SchemaNotFoundError, latest_version
 
 from tests.e2e import deploy_render as dr
@@ -359,9 +362,10 @@ def test_daemonset_command_line_is_accepted_by_the_agent(name: str, tmp_path: Pa
                         made.append(p)
             proc = subprocess.run(
                 ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                 mount_script(ds, c, node, tmp_path) + ' && exec "$0" -c "$1"', sys.executable, PROBE],
+                 mount_script(ds, c, node, tmp_path) + ' && exec "$0" -c "$1"',
+                 sys.executable, PROBE],
                 input=json.dumps({"argv": argv[2:], "env": env}), capture_output=True,
-                text=True, timeout=60, cwd=dr.ROOT)
+                text=True, timeout=60, cwd=dr.ROOT, check=False)
         finally:
             for p in reversed(made):
                 p.rmdir()
@@ -417,3 +421,20 @@ def test_daemonset_command_line_is_accepted_by_the_agent(name: str, tmp_path: Pa
     ann = ds["spec"]["template"]["metadata"].get("annotations", {})
     if ann.get("prometheus.io/scrape") == "true":
         assert int(ann["prometheus.io/port"]) == port and host in ("0.0.0.0", "::")
+
+
+def test_the_docs_kustomize_overlay_builds_and_names_the_image(tmp_path: Path) -> None:
+    # docs/istio.md tells kustomize users to write this overlay; build it as written
+    doc = (dr.ROOT / "docs" / "istio.md").read_text()
+    m = re.search(r"cat > overlays/sockmesh/kustomization.yaml <<'YAML'\n(.*?)\nYAML\n", doc,
+                  re.DOTALL)
+    assert m is not None, "docs/istio.md no longer shows the kustomize overlay"
+    overlay = tmp_path / "overlays" / "sockmesh"
+    overlay.mkdir(parents=True)
+    base = os.path.relpath(dr.KUSTOMIZE_DIR, overlay)
+    (overlay / "kustomization.yaml").write_text(m.group(1).replace("../../deploy/kubernetes", base))
+    objs = dr.load_objects(dr.kustomize_build(overlay))
+    images = {c["image"] for c in containers(one(objs, "DaemonSet"))}
+    wanted = yaml.safe_load(m.group(1))["images"][0]
+    assert images == {f"{wanted['newName']}:{wanted['newTag']}"}
+    assert len(objs) == len(rendered("kustomize"))
