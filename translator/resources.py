@@ -238,7 +238,10 @@ def parse_config_dump(dump: Mapping[str, Any], where: str = "config dump") -> Re
     Partial dumps (only routes, only clusters) are fine.  Sections other than listeners,
     routes, clusters and endpoints (bootstrap, secrets, scoped routes) are ignored.
     Route configurations without a name (Envoy's inline static ones) are skipped: nothing
-    can refer to them over RDS.
+    can refer to them over RDS.  ``static_route_configs`` are copies of listeners' inline
+    route configs, which may share a name: the first of a name is kept (the listeners carry
+    their own copies).  Envoy writes an unset locality weight as 0 in its endpoint dumps
+    (a value its own xDS validation rejects), so such zeros are read as unset.
     """
     if not isinstance(dump, Mapping) or not isinstance(dump.get("configs"), list):
         raise ResourceError(where, "not a config dump: expected an object with a 'configs' list")
@@ -257,8 +260,15 @@ def parse_config_dump(dump: Mapping[str, Any], where: str = "config dump") -> Re
                     continue  # e.g. a listener only in warming/draining state
                 loc = f"{where} configs[{i}].{list_field}[{j}]"
                 msg = parse_resource(obj, loc, out.unknown_extensions)
-                if isinstance(msg, route_pb2.RouteConfiguration) and not msg.name:
+                if isinstance(msg, route_pb2.RouteConfiguration) and (
+                        not msg.name or (list_field == "static_route_configs"
+                                         and msg.name in out.route_configs)):
                     continue
+                if isinstance(msg, endpoint_pb2.ClusterLoadAssignment):
+                    for lle in msg.endpoints:
+                        if lle.HasField("load_balancing_weight") and \
+                                lle.load_balancing_weight.value == 0:
+                            lle.ClearField("load_balancing_weight")
                 out.add(msg, loc)
     return out
 

@@ -16,6 +16,7 @@ listeners, non-IPv4 addresses, TLS-only or SNI chains, chains matching on the so
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -163,9 +164,9 @@ def listener_targets(listener: listener_pb2.Listener) -> ListenerTargets:
     sa = listener.address.socket_address
     if sa.protocol != 0:
         return ListenerTargets((), (), "UDP listener")
-    if sa.WhichOneof("port_specifier") != "port_value" or not 0 < sa.port_value <= 65535:
+    if sa.WhichOneof("port_specifier") != "port_value" or sa.port_value > 65535:
         raise TranslationError(where, f"address.socket_address.port_value: {sa.port_value} is "
-                               "not in 1..65535")
+                               "not in 0..65535")
     try:
         addr = ipaddress.ip_address(sa.address)
     except ValueError:
@@ -177,6 +178,8 @@ def listener_targets(listener: listener_pb2.Listener) -> ListenerTargets:
         return ListenerTargets((), (), "original-destination dispatcher (use_original_dst)")
     if addr.version != 4:
         return ListenerTargets((), (), f"non-IPv4 address {sa.address}")
+    if sa.port_value == 0:
+        return ListenerTargets((), (), "port 0 (an ephemeral port, no fixed destination)")
     vip = str(addr)
     chosen: dict[tuple[str, int], tuple[bool, Service]] = {}
     inline: dict[str, route_pb2.RouteConfiguration] = {}
@@ -214,6 +217,40 @@ def listener_targets(listener: listener_pb2.Listener) -> ListenerTargets:
     return ListenerTargets(services, tuple(sorted(inline.items())))
 
 
+def inline_table_names(
+        inline: Mapping[str, Iterable[tuple[str, route_pb2.RouteConfiguration]]],
+        rds: Mapping[str, route_pb2.RouteConfiguration]) -> dict[str, dict[str, str]]:
+    """Listener -> {inline route config name -> route table name}.
+
+    Inline route configs of different listeners may share a name (Envoy keeps them apart).
+    Taking listeners in name order, an inline config keeps its name unless an RDS config or
+    an earlier inline config already has that name with other content; then its table is
+    named ``<name>@<listener>``.
+    """
+    taken: dict[str, route_pb2.RouteConfiguration] = {}
+    out: dict[str, dict[str, str]] = {}
+    for lname in sorted(inline):
+        names: dict[str, str] = {}
+        for rname, rc in inline[lname]:
+            other = rds.get(rname, taken.get(rname))
+            final = rname if other is None or other == rc else f"{rname}@{lname}"
+            taken.setdefault(final, rc)
+            names[rname] = final
+        out[lname] = names
+    return out
+
+
+def with_table_names(targets: ListenerTargets, names: Mapping[str, str]) -> ListenerTargets:
+    """``targets`` with its HTTP services pointing at renamed inline route tables."""
+    if all(k == v for k, v in names.items()):
+        return targets
+    services = tuple(
+        dataclasses.replace(s, route_table=names[s.route_table])
+        if s.route_table is not None and s.route_table in names else s
+        for s in targets.services)
+    return dataclasses.replace(targets, services=services)
+
+
 def merge_services(targets: Mapping[str, ListenerTargets]) -> dict[tuple[str, int], Service]:
     """(vip, port) -> Service over listeners taken in name order; the first one wins a key."""
     out: dict[tuple[str, int], Service] = {}
@@ -231,4 +268,6 @@ def sorted_services(services: Iterable[Service]) -> tuple[Service, ...]:
 def services_from_listeners(listeners: Iterable[listener_pb2.Listener]) -> tuple[Service, ...]:
     """The service table of ``listeners``, sorted by (port, vip); first listener wins a key."""
     targets = {lst.name: listener_targets(lst) for lst in listeners}
-    return sorted_services(merge_services(targets).values())
+    names = inline_table_names({n: t.inline_route_configs for n, t in targets.items()}, {})
+    renamed = {n: with_table_names(t, names[n]) for n, t in targets.items()}
+    return sorted_services(merge_services(renamed).values())

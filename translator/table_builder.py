@@ -8,6 +8,7 @@ endpoint change, a new route config) re-translates only what depends on it and r
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -24,9 +25,11 @@ from translator.errors import TranslationError, resource_label
 from translator.route_table import referenced_clusters, translate_route_config
 from translator.service_table import (
     ListenerTargets,
+    inline_table_names,
     listener_targets,
     merge_services,
     sorted_services,
+    with_table_names,
 )
 from translator.tables import Cluster, Endpoint, RouteTable, Service, Tables
 
@@ -110,8 +113,9 @@ class TableBuilder:
         self._rds: dict[str, RouteTable] = {}
         self._rds_msgs: dict[str, route_pb2.RouteConfiguration] = {}
         self._listeners: dict[str, ListenerTargets] = {}
-        self._listener_inline: dict[str, dict[str, RouteTable]] = {}  # listener -> its tables
-        self._inline: dict[str, RouteTable] = {}  # inline route tables by name
+        # listener -> {inline route config name -> its table under that name}
+        self._listener_inline: dict[str, dict[str, RouteTable]] = {}
+        self._inline: dict[str, RouteTable] = {}  # inline route tables by final table name
         self._services: dict[tuple[str, int], Service] = {}
         if resources is not None:
             self._load(resources)
@@ -133,8 +137,7 @@ class TableBuilder:
         for name in sorted(rs.listeners):
             self._listeners[name], self._listener_inline[name] = \
                 self._translate_listener(rs.listeners[name])
-        self._inline = self._inline_tables()
-        self._services = self._merge_services()
+        self._inline, self._services = self._resolve_listeners()
 
     def tables(self) -> Tables:
         """The current tables (dicts sorted by name, services by port then VIP)."""
@@ -170,15 +173,23 @@ class TableBuilder:
             inline[rname] = table
         return targets, inline
 
-    def _inline_tables(self) -> dict[str, RouteTable]:
-        out: dict[str, RouteTable] = {}
-        for _, tables in sorted(self._listener_inline.items()):
+    def _resolve_listeners(self) -> tuple[dict[str, RouteTable],
+                                          dict[tuple[str, int], Service]]:
+        """Inline route tables under their final names, and the merged services."""
+        names = inline_table_names(
+            {n: t.inline_route_configs for n, t in self._listeners.items()}, self._rds_msgs)
+        inline: dict[str, RouteTable] = {}
+        for lname, tables in sorted(self._listener_inline.items()):
             for rname, table in tables.items():
-                out.setdefault(rname, table)
-        return out
+                final = names[lname][rname]
+                if final not in self._rds and final not in inline:
+                    inline[final] = (table if final == rname
+                                     else dataclasses.replace(table, name=final))
+        renamed = {n: with_table_names(t, names[n]) for n, t in self._listeners.items()}
+        return inline, merge_services(renamed)
 
-    def _merge_services(self) -> dict[tuple[str, int], Service]:
-        return merge_services(self._listeners)
+    def _inline_names(self) -> set[str]:
+        return {r for tables in self._listener_inline.values() for r in tables}
 
     # ------------------------------------------------------------ updates
 
@@ -229,14 +240,21 @@ class TableBuilder:
     def _apply_route_config(self, name: str,
                             rc: route_pb2.RouteConfiguration | None) -> TablesDiff:
         before = {**self._inline, **self._rds}
+        if rc is not None:
+            table = translate_route_config(rc)
+            _check_validate_clusters(table, rc, False, self._clusters)
         if rc is None:
             self._rds.pop(name, None)
             self._rds_msgs.pop(name, None)
         else:
-            table = translate_route_config(rc)
-            _check_validate_clusters(table, rc, False, self._clusters)
             self._rds[name] = table
             self._rds_msgs[name] = rc
+        if name in self._inline_names():
+            # an RDS config sharing an inline config's name can rename inline tables
+            old_services = self._services
+            self._inline, self._services = self._resolve_listeners()
+            return TablesDiff(services=_diff(old_services, self._services),
+                              route_tables=_diff(before, {**self._inline, **self._rds}))
         after = {**self._inline, **self._rds}
         return TablesDiff(route_tables=_diff({name: before[name]} if name in before else {},
                                              {name: after[name]} if name in after else {}))
@@ -250,8 +268,7 @@ class TableBuilder:
         else:
             self._listeners[name], self._listener_inline[name] = \
                 self._translate_listener(listener)
-        self._inline = self._inline_tables()
-        self._services = self._merge_services()
+        self._inline, self._services = self._resolve_listeners()
         return TablesDiff(services=_diff(old_services, self._services),
                           route_tables=_diff(old_routes, {**self._inline, **self._rds}))
 

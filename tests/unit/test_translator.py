@@ -348,10 +348,15 @@ def test_destination_port_in_filter_chain_match() -> None:
 
 def test_listener_with_bad_port() -> None:
     lst = listener("l", "0.0.0.0", 80, [{"filters": [hcm_rds("80")]}])
-    lst.address.socket_address.port_value = 0
+    lst.address.socket_address.port_value = 70000
     with pytest.raises(TranslationError, match=r"^Listener 'l' address\.socket_address\."
-                       r"port_value: 0"):
+                       r"port_value: 70000"):
         validate_resource(LISTENER, lst)
+    lst.address.socket_address.port_value = 0  # valid in Envoy (ephemeral), but no service
+    rs = ResourceSet()
+    rs.add(lst)
+    t = translate(rs)
+    assert t.services == () and "port 0" in dict(t.skipped_listeners)["l"]
 
 
 # ---------------------------------------------------------------- whole set
