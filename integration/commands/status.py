@@ -54,7 +54,9 @@ def render(doc: dict[str, Any]) -> str:
                                        f"{nack['reason']}" if nack else "none"))
     applied = cfg.get("applied")
     lines.append("config applied  " + (
-        f"{cfg['applies']}x, last {applied['versions']} in {applied['ms']:.1f} ms: "
+        f"{cfg['applies']}x, last "
+        + " ".join(f"{k}={v}" for k, v in sorted(applied["versions"].items()))
+        + f" in {applied['ms']:.1f} ms: "
         f"{applied['services']} services, {applied['route_tables']} route tables, "
         f"{applied['clusters']} clusters, {applied['endpoints']} endpoints"
         if applied else "not yet"))
