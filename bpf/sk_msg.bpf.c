@@ -18,6 +18,11 @@
 #include "lb.h"
 
 
+static __always_inline int sm_scratch_mine(struct sm_scratch *s)
+{
+	return s->p.owner == bpf_get_current_pid_tgid();
+}
+
 static __always_inline int sm_to_user(struct sm_client *cl, __u32 reason)
 {
 	cl->user = 1;
@@ -100,6 +105,7 @@ int sm_sk_msg(struct sk_msg_md *msg)
 		return sm_to_user(cl, SM_R_NOT_HTTP);
 
 	__builtin_memset(&s->p, 0, sizeof(s->p));
+	s->p.owner = bpf_get_current_pid_tgid();
 	s->p.n = n;
 	s->p.mhash = SM_FNV_OFFSET;
 	s->p.phash = SM_FNV_OFFSET;
@@ -122,6 +128,8 @@ int sm_msg_parse(struct sk_msg_md *msg)
 	struct sm_scratch *s = sm_scratch_v1.lookup(&zero);
 	if (!cl || !s)
 		return SK_PASS;
+	if (!sm_scratch_mine(s))
+		return sm_to_user(cl, SM_R_SCRATCH);
 	__u32 start = s->p.pos;
 	__u32 n = s->p.n;
 	for (__u32 k = 0; k < SM_PARSE_STEP; k++) {
@@ -158,6 +166,8 @@ int sm_msg_route(struct sk_msg_md *msg)
 	struct sm_scratch *s = sm_scratch_v1.lookup(&zero);
 	if (!cl || !s)
 		return SK_PASS;
+	if (!sm_scratch_mine(s))
+		return sm_to_user(cl, SM_R_SCRATCH);
 	__u32 size = msg->size;
 	if (s->p.chunked)
 		return sm_to_user(cl, SM_R_CHUNKED_REQ);
@@ -190,6 +200,8 @@ int sm_msg_rules(struct sk_msg_md *msg)
 	struct sm_scratch *s = sm_scratch_v1.lookup(&zero);
 	if (!cl || !s)
 		return SK_PASS;
+	if (!sm_scratch_mine(s))
+		return sm_to_user(cl, SM_R_SCRATCH);
 	__u32 reason = SM_R_NO_ROUTE;
 	__u32 vh_id = s->p.vh;
 	struct sm_vhost *vh = sm_vhosts_v1.lookup(&vh_id);
@@ -219,6 +231,8 @@ int sm_msg_dispatch(struct sk_msg_md *msg)
 	struct sm_scratch *s = sm_scratch_v1.lookup(&zero);
 	if (!cl || !s)
 		return SK_PASS;
+	if (!sm_scratch_mine(s))
+		return sm_to_user(cl, SM_R_SCRATCH);
 	__u32 size = msg->size;
 	__u64 total = (__u64)s->p.end + s->p.cl;
 	__u32 reason = SM_R_NO_HOST;
@@ -254,6 +268,12 @@ int sm_msg_dispatch(struct sk_msg_md *msg)
 		cl->body_left = total - size;
 		cl->body_slot = sid;
 	}
+	if (!sm_scratch_mine(s)) {
+		if (active)
+			__sync_fetch_and_add(active, -1);
+		sl->state = SM_SLOT_IDLE;
+		return sm_to_user(cl, SM_R_SCRATCH);
+	}
 	cl->last_rule = s->p.rule_id;
 	cl->last_cluster = cluster_id;
 	cl->requests += 1;
@@ -271,24 +291,33 @@ int sm_msg_dispatch(struct sk_msg_md *msg)
 
 int sm_msg_lr_sum(struct sk_msg_md *msg)
 {
+	struct sm_sock_key key = {};
+	struct sm_client *cl = sm_msg_client(msg, &key);
 	__u32 zero = 0;
 	struct sm_scratch *s = sm_scratch_v1.lookup(&zero);
-	if (!s)
+	if (!cl || !s)
 		return SK_PASS;
+	if (!sm_scratch_mine(s))
+		return sm_to_user(cl, SM_R_SCRATCH);
 	s->p.lr_total = sm_lr_total(s->p.cluster_id);
 	sm_msgprogs_v1.call(msg, SM_TAIL_LRPICK);
-	return SK_PASS;
+	return sm_to_user(cl, SM_R_LIMIT);
 }
 
 int sm_msg_lr_pick(struct sk_msg_md *msg)
 {
+	struct sm_sock_key key = {};
+	struct sm_client *cl = sm_msg_client(msg, &key);
 	__u32 zero = 0;
 	struct sm_scratch *s = sm_scratch_v1.lookup(&zero);
-	if (!s)
+	if (!cl || !s)
 		return SK_PASS;
+	if (!sm_scratch_mine(s))
+		return sm_to_user(cl, SM_R_SCRATCH);
 	__u32 ep = sm_lr_pick(s->p.cluster_id, s->p.lr_total);
-	s->p.ep_id = ep ? ep : SM_PICK_SCAN;
-	if (ep)
-		sm_msgprogs_v1.call(msg, SM_TAIL_DISPATCH);
-	return SK_PASS;
+	if (!ep)
+		return sm_to_user(cl, SM_R_NO_HOST);
+	s->p.ep_id = ep;
+	sm_msgprogs_v1.call(msg, SM_TAIL_DISPATCH);
+	return sm_to_user(cl, SM_R_LIMIT);
 }

@@ -188,7 +188,7 @@ int sm_skb_frame(struct __sk_buff *skb)
 {
 	struct sm_slot *sl = sm_skb_slot(skb);
 	__u32 zero = 0;
-	struct sm_scratch *s = sm_scratch_v1.lookup(&zero);
+	struct sm_win *s = sm_skbwin_v1.lookup(&zero);
 	if (!sl || !s)
 		return SK_DROP;
 	struct sm_resp *r = &sl->resp;

@@ -113,7 +113,8 @@
 #define SM_R_RESP_LOST 15              /* response framing failed: pool connection retired */
 #define SM_R_POOL_FIN 16               /* a backend closed a pooled connection */
 #define SM_R_L4 17                     /* L4 connect rewritten to an endpoint */
-#define SM_R_MAX 18
+#define SM_R_SCRATCH 18                /* per-CPU scratch taken over by another task */
+#define SM_R_MAX 19
 
 /* ---- structs (explicit padding; ctypes twins in bpf/layout.py) ----------------------------- */
 
@@ -308,6 +309,9 @@ struct sm_parse {
 	__u32 last_user;    /* last rule index + 1 that needs user space to decide */
 	__u32 ep_id;        /* endpoint chosen by the weighted least-request passes */
 	__u64 lr_total;     /* sum of effective weights (weighted least request) */
+	/* the task that owns this CPU's scratch: a preemptible kernel could run another task's
+	 * sk_msg on this CPU between two passes; every pass checks before it trusts the data */
+	__u64 owner;
 };
 
 #define SM_S_METHOD 0
@@ -430,7 +434,13 @@ BPF_TABLE_PINNED("prog", __u32, __u32, sm_skbprogs_v1, 4, SM_PIN(sm_skbprogs_v1)
 
 /* reason -> count (per CPU).  Writers: all programs. */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, sm_counters_v1, SM_R_MAX, SM_PIN(sm_counters_v1));
-/* 0 -> scratch for the request being parsed.  Writer: sk_msg. */
+/* 0 -> response bytes being framed.  Writer: sk_skb.  Separate from sm_scratch_v1 because
+ * sk_skb runs in softirq and can interrupt an sk_msg pass on the same CPU. */
+struct sm_win {
+	__u8 buf[2 * SM_RESP_WIN]; /* the length mask lets the verifier see up to 2x */
+};
+BPF_TABLE_PINNED("percpu_array", __u32, struct sm_win, sm_skbwin_v1, 1, SM_PIN(sm_skbwin_v1));
+/* 0 -> scratch for the request being parsed.  Writer: sk_msg (process context only). */
 BPF_TABLE_PINNED("percpu_array", __u32, struct sm_scratch, sm_scratch_v1, 1, SM_PIN(sm_scratch_v1));
 
 static __always_inline void sm_count(__u32 reason)
