@@ -53,7 +53,8 @@ link_headers() {
     if [ -n "$build" ] && [ -e "$build/include/generated" ]; then
         log "kernel headers: the node's ($build)"
     else
-        build="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1)"
+        build="$(printf '%s\n' /usr/src/linux-headers-*-amd64 | sort -V | tail -1)"
+        [ -d "$build" ] || build=""  # the glob matched nothing
         source="${build%-amd64}-common"
         if [ -z "$build" ] || [ ! -d "$source" ]; then
             log "no kernel headers: mount the node's /lib/modules and /usr/src, or use an image" \

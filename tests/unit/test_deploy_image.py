@@ -13,11 +13,13 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.deploy_render import entrypoint as exec_form_entrypoint
 from tests.e2e.deploy_render import exec_form, instructions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +59,7 @@ def apt_installed(instrs: list[tuple[str, str]]) -> set[str]:
 def setup_debs() -> set[str]:
     """Every Debian package scripts/setup.sh installs: its DEBS array and the ones it adds."""
     text = SETUP.read_text()
-    m = re.search(r"^DEBS=\(([^)]*)\)", text, re.M | re.S)
+    m = re.search(r"^DEBS=\(([^)]*)\)", text, re.MULTILINE | re.DOTALL)
     assert m is not None, "scripts/setup.sh has no DEBS=(...) array"
     debs = set(m.group(1).split())
     debs |= set(re.findall(r"missing\+=\(([\w.+-]+)\)", text))
@@ -66,7 +68,7 @@ def setup_debs() -> set[str]:
 
 def setup_only(text: str) -> set[str]:
     """The Dockerfile's declared list of setup.sh packages the image leaves out."""
-    m = re.search(r"^# SETUP_ONLY:(.*)$", text, re.M)
+    m = re.search(r"^# SETUP_ONLY:(.*)$", text, re.MULTILINE)
     assert m is not None, "deploy/Dockerfile declares no '# SETUP_ONLY:' list"
     return set(m.group(1).split())
 
@@ -174,3 +176,24 @@ def test_instruction_parser_sees_continuations() -> None:
     parsed = instructions("FROM a\n# c\nRUN apt-get install -y \\\n  x \\\n  # note\n  y\n")
     assert parsed == [("FROM", "a"), ("RUN", "apt-get install -y x y")]
     assert apt_installed(parsed) == {"x", "y"}
+
+
+def linter(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    assert path.exists(), f"{path} missing: install the test extra (pip install -e '.[test]')"
+    return str(path)
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    # hadolint parses the Dockerfile as Docker does and runs ShellCheck on every RUN
+    proc = subprocess.run([linter("hadolint"), "--no-color", str(DOCKERFILE)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_entrypoint_passes_shellcheck() -> None:
+    (src,) = [s for srcs, dest in copies(instructions(DOCKERFILE.read_text()))
+              for s in srcs if dest == exec_form_entrypoint()[0]]
+    proc = subprocess.run([linter("shellcheck"), "--shell=sh", str(ROOT / src)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
