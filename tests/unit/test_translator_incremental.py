@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from translator import TableBuilder, TranslationError, diff_tables, translate
+from translator.model import Request, route
 from translator.resources import (
     CLUSTER,
     CLUSTER_LOAD_ASSIGNMENT,
@@ -19,6 +20,7 @@ from translator.resources import (
     ResourceSet,
     parse_resource,
     resource_name,
+    to_json,
     type_url_of,
 )
 
@@ -52,6 +54,19 @@ def listener(port: int, route_name: str) -> Any:
         "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {
             "@type": HCM, "stat_prefix": "s",
             "rds": {"route_config_name": route_name, "config_source": {"ads": {}}}}}]}]})
+
+
+def inline_listener(port: int, route_name: str, cluster_index: int,
+                    validate_clusters: bool | None = False) -> Any:
+    inline = {k: v for k, v in to_json(rc(route_name, cluster_index)).items() if k != "@type"}
+    if validate_clusters is not None:
+        # inline configs default to validate_clusters; the property test removes clusters
+        inline["validate_clusters"] = validate_clusters
+    return parse_resource({
+        "@type": LISTENER, "name": f"inline_{port}",
+        "address": {"socket_address": {"address": "127.10.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {
+            "@type": HCM, "stat_prefix": "s", "route_config": inline}}]}]})
 
 
 def base_set() -> ResourceSet:
@@ -119,11 +134,35 @@ def test_shared_service_name_updates_every_cluster_using_it() -> None:
                                            "outbound|80||s2.ns.svc.cluster.local"]
 
 
+def test_inline_route_configs_sharing_a_name_stay_apart() -> None:
+    rs = base_set()  # holds RDS config "80" -> s0
+    rs.add(inline_listener(81, "80", 0, None))  # same name, same content as RDS "80"
+    rs.add(inline_listener(82, "80", 1, None))  # same name, other content
+    rs.add(inline_listener(83, "shared", 2, None))
+    rs.add(inline_listener(84, "shared", 3, None))
+    t = translate(rs)
+    by_port = {s.port: s.route_table for s in t.services}
+    assert by_port == {80: "80", 81: "80", 82: "80@inline_82", 83: "shared",
+                       84: "shared@inline_84"}
+    for port, index in [(80, 0), (81, 0), (82, 1), (83, 2), (84, 3)]:
+        table = t.route_tables[by_port[port]]
+        assert table.name == by_port[port]
+        assert route(table, Request(path="/")).cluster == \
+            f"outbound|80||s{index}.ns.svc.cluster.local"
+    # the RDS config changing its content renames the inline one that matched it
+    b = TableBuilder(rs)
+    d = b.apply(ROUTE_CONFIGURATION, "80", rc("80", 4))
+    assert {s.port: s.route_table for s in d.services.upserted.values()} == {81: "80@inline_81"}
+    rs.route_configs["80"] = rc("80", 4)
+    assert b.tables() == translate(rs)
+
+
 update = st.one_of(
     st.tuples(st.just("cla"), st.integers(0, 6), st.lists(st.integers(1, 4), max_size=3)),
     st.tuples(st.just("cluster"), st.integers(0, 6), st.booleans()),
     st.tuples(st.just("rc"), st.sampled_from(["80", "81"]), st.integers(0, 6)),
     st.tuples(st.just("listener"), st.sampled_from([80, 81]), st.booleans()),
+    st.tuples(st.just("inline"), st.sampled_from([90, 91]), st.integers(-1, 2)),
 )
 
 
@@ -141,10 +180,14 @@ def test_any_update_sequence_matches_full_translation(updates: list[Any]) -> Non
             name = f"outbound|80||s{key}.ns.svc.cluster.local"
         elif kind == "rc":
             msg, name = rc(key, arg), key
+        elif kind == "inline":  # inline route config named like RDS "80", maybe other content
+            msg = inline_listener(key, "80", arg) if arg >= 0 else None
+            name = f"inline_{key}"
         else:
             msg, name = (listener(key, str(key)) if arg else None), f"0.0.0.0_{key}"
         type_url = {"cla": CLUSTER_LOAD_ASSIGNMENT, "cluster": CLUSTER,
-                    "rc": ROUTE_CONFIGURATION, "listener": LISTENER}[kind]
+                    "rc": ROUTE_CONFIGURATION, "listener": LISTENER,
+                    "inline": LISTENER}[kind]
         before = b.tables()
         diff = b.apply(type_url, name, msg)
         table = rs.by_type(type_url)
