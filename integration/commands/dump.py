@@ -45,7 +45,8 @@ def read(pin: Path, ids: dict[str, Any] | None) -> dict[str, Any]:
     from bpf.datapath import dump  # needs libbpf
     from integration.datapath_info import NamesShim, map_fill, program_ids
 
-    doc = dump(pin, NamesShim(ids) if ids else None)
+    # the shim answers the encoder's name look-ups from the agent's /ids
+    doc = dump(pin, NamesShim(ids) if ids else None)  # type: ignore[arg-type]
     doc["programs"] = program_ids(pin)
     doc["maps"] = {k: {"entries": n, "max_entries": cap}
                    for k, (n, cap) in map_fill(pin).items()}

@@ -12,6 +12,7 @@ SIGTERM/SIGINT, and listens on 127.0.0.0/8 only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import signal
@@ -88,8 +89,7 @@ async def serve(listeners: list[Listener], ready: asyncio.Future[dict[str, int]]
     servers = []
     for lst in listeners:
         srv = await asyncio.start_server(
-            lambda r, w, lst=lst: _serve_conn(lst, r, w), lst.host, lst.port,
-            reuse_address=True)
+            functools.partial(_serve_conn, lst), lst.host, lst.port, reuse_address=True)
         lst.port = srv.sockets[0].getsockname()[1]
         servers.append(srv)
     ports = {lst.name: lst.port for lst in listeners}

@@ -67,9 +67,9 @@ class Worker(threading.Thread):
         except (OSError, http.client.HTTPException) as exc:
             error = f"{type(exc).__name__}: {exc}"
             self.errors += 1
-            c = self.conns.pop((vip, port), None)
-            if c is not None:
-                c.close()
+            broken = self.conns.pop((vip, port), None)
+            if broken is not None:
+                broken.close()
         latency = (time.perf_counter() - t0) * 1e6
         self.records.append([kind, backend, status, round(latency, 1), t_wall, error])
 
