@@ -42,7 +42,9 @@
 #define SM_HOST_MAX 64               /* Host header */
 #define SM_PATH_MASK (2 * SM_PATH_MAX - 1)  /* index masks; SM_*_MAX are powers of two */
 #define SM_HOST_MASK (2 * SM_HOST_MAX - 1)
+#ifndef SM_PARSE_STEP                /* overridable only for scripts/repro_verifier_limits.py */
 #define SM_PARSE_STEP 128            /* request bytes parsed per tail-called pass */
+#endif
 #define SM_RESP_STEPS 128            /* response framing steps per pass (head bytes + runs) */
 #define SM_RESP_PASSES 30            /* passes per skb (tail calls; the kernel allows 33) */
 #define SM_RESP_WIN 256              /* response bytes loaded per window; power of two */
