@@ -20,10 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bcc import BPF  # noqa: E402
+from bcc import BPF
 
-from bpf.limits import limit  # noqa: E402
-from bpf.loader import HERE, cflags, expand_local_includes  # noqa: E402
+from bpf.limits import limit
+from bpf.loader import HERE, cflags, expand_local_includes
 
 
 def attempt(title: str, text: str, flags: list[str], func: str, prog_type: int) -> None:
