@@ -117,6 +117,8 @@ def test_64_concurrent_connections(mesh: Mesh, client: Client, one_backend) -> N
         assert [r["headers"]["x-backend"] for r in res] == [
             "b2" if i % 2 else "b1" for i in range(20)]
     after = mesh.counters()
+    delta = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+    print(f"64 connections x 20 requests: {delta}, pools grown by {mesh.dp.pools.grown}")
     handled = sum(after[k] - before[k] for k in ("fast", "pool_empty", "sticky"))
     assert handled >= 64 * 20
     # the pools grew under the load (misses make them grow up to SM_POOL_PER_ENDPOINT)
