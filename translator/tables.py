@@ -16,6 +16,8 @@ from enum import Enum
 
 
 class PathKind(str, Enum):
+    """How a rule matches the request path (Envoy's RouteMatch path specifier)."""
+
     PREFIX = "prefix"  # anchored prefix on the path without query
     EXACT = "exact"
     PATH_SEPARATED_PREFIX = "path_separated_prefix"  # prefix followed by end, '/', '?' or '#'
@@ -24,6 +26,8 @@ class PathKind(str, Enum):
 
 
 class StringKind(str, Enum):
+    """How a header or query-parameter value is compared (see ValueMatch)."""
+
     EXACT = "exact"
     PREFIX = "prefix"
     SUFFIX = "suffix"
@@ -34,6 +38,8 @@ class StringKind(str, Enum):
 
 
 class ActionKind(str, Enum):
+    """What a matched rule does."""
+
     CLUSTER = "cluster"
     WEIGHTED_CLUSTERS = "weighted_clusters"
     DIRECT_RESPONSE = "direct_response"
@@ -42,12 +48,16 @@ class ActionKind(str, Enum):
 
 
 class LbPolicy(str, Enum):
+    """Endpoint selection inside a cluster (hash policies run as RANDOM, listed as not enforced)."""
+
     ROUND_ROBIN = "ROUND_ROBIN"
     RANDOM = "RANDOM"
     LEAST_REQUEST = "LEAST_REQUEST"
 
 
 class Health(str, Enum):
+    """Envoy's endpoint health_status."""
+
     UNKNOWN = "UNKNOWN"
     HEALTHY = "HEALTHY"
     UNHEALTHY = "UNHEALTHY"
@@ -58,6 +68,13 @@ class Health(str, Enum):
 
 @dataclass(frozen=True)
 class PathMatch:
+    """The path condition of a rule, tested on the path without query and fragment.
+
+    ``case_sensitive=False`` lower-cases both sides (ignored for REGEX); CONNECT matches
+    CONNECT requests only; with the route table's ``ignore_path_parameters_in_path_matching``
+    every segment's ``;params`` are removed first.
+    """
+
     kind: PathKind
     value: str
     case_sensitive: bool = True
@@ -74,8 +91,11 @@ class ValueMatch:
 
     Evaluation (translator.model is the reference; Envoy's header_utility):
 
-    * header values: spaces/tabs around them removed; ``:path`` is path + query; ``host``
-      and ``:authority`` both give the Host value;
+    * header values are those Envoy's router sees (translator.envoy_request): spaces/tabs
+      around them removed, inline headers (content-type, user-agent, ...) joined with ",",
+      hop-by-hop and internal x-envoy-* headers removed, x-forwarded-proto (the scheme) and
+      x-request-id added when absent; ``:path`` is path + query; ``host`` and
+      ``:authority`` both give the Host value;
     * PRESENT: ``(found == present) != invert``;
     * any other kind on a missing header: False, even inverted, unless ``missing_as_empty``,
       which matches against "";
@@ -102,12 +122,16 @@ class ValueMatch:
 
 @dataclass(frozen=True)
 class WeightedCluster:
+    """One weighted_clusters entry; weights may be 0 (never picked)."""
+
     cluster: str
     weight: int
 
 
 @dataclass(frozen=True)
 class RedirectSpec:
+    """A redirect action; translator.model.redirect_location builds Envoy's Location."""
+
     scheme: str | None = None  # scheme_redirect / https_redirect
     host: str | None = None
     port: int | None = None
@@ -122,6 +146,8 @@ class RedirectSpec:
 
 @dataclass(frozen=True)
 class Action:
+    """What a rule does: route to a cluster (or a weighted pick), answer, or redirect."""
+
     kind: ActionKind
     cluster: str | None = None
     weighted: tuple[WeightedCluster, ...] = ()
@@ -154,6 +180,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class VirtualHost:
+    """Domains (lower-case) and rules in last-match-wins order."""
+
     name: str
     domains: tuple[str, ...]
     rules: tuple[Rule, ...]  # last-match-wins order
@@ -173,6 +201,8 @@ class RouteTable:
 
 
 class ServiceKind(str, Enum):
+    """L7 (routed per request) or L4 (endpoint chosen at connect)."""
+
     HTTP = "http"  # L7: routed per request with route_table
     TCP = "tcp"  # L4: endpoint chosen at connect time from cluster
 
@@ -198,6 +228,8 @@ class Service:
 
 @dataclass(frozen=True)
 class Endpoint:
+    """One upstream endpoint of a cluster, in ClusterLoadAssignment order."""
+
     address: str  # dotted IPv4
     port: int
     weight: int = 1
@@ -208,6 +240,8 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Cluster:
+    """A cluster with its LB policy and endpoints."""
+
     name: str
     lb_policy: LbPolicy
     endpoints: tuple[Endpoint, ...] = ()
