@@ -73,13 +73,16 @@ def run_tool(argv: list[str | Path], timeout: float = 120) -> str:
 
 
 def helm_template(values: Path | None = None, *, release: str = RELEASE,
-                  namespace: str = NAMESPACE, kube_version: str | None = None) -> str:
+                  namespace: str = NAMESPACE, kube_version: str | None = None,
+                  set_values: tuple[str, ...] = ()) -> str:
     """``helm template`` of the chart, as text (for the chart's minimum Kubernetes by default:
     helm built from its module assumes 1.20 otherwise)."""
     argv: list[str | Path] = [tool("helm"), "template", release, CHART, "--namespace", namespace,
                               "--kube-version", kube_version or min_kube_version()]
     if values is not None:
         argv += ["--values", values]
+    for sv in set_values:
+        argv += ["--set", sv]
     return run_tool(argv)
 
 

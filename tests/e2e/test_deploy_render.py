@@ -32,7 +32,12 @@ from kubernetes_validate.utils import SchemaNotFoundError, latest_version
 from tests.e2e import deploy_render as dr
 from tests.support.cgroup import test_cgroup as dedicated_cgroup
 
-RENDERS = ("helm-default", "helm-test-values", "kustomize")
+RENDERS = ("helm-default", "helm-test-values", "helm-revisioned-istiod", "kustomize")
+# a revisioned istiod over TLS: the TLS branch with every istiod setting away from its default
+REVISIONED = ("istiod.address=istiod-1-29.istio-system.svc:15012",
+              "istiod.serverName=istiod-1-29.istio-system.svc",
+              "istiod.rootCertConfigMap=istio-ca-root-cert-1-29",
+              "istiod.tokenExpirationSeconds=3600")
 KUBE_VERSIONS = (dr.min_kube_version(), latest_version())
 # what the kubelet would put into fieldRef env: a documentation address for the pod's (with
 # hostNetwork: the node's) IP and a generated pod name
@@ -48,6 +53,8 @@ def render(name: str, kube_version: str | None = None) -> list[dict[str, Any]]:
     if name == "helm-test-values":
         return dr.load_objects(dr.helm_template(dr.TEST_VALUES, release="t",
                                                 namespace="mesh-agents", kube_version=kv))
+    if name == "helm-revisioned-istiod":
+        return dr.load_objects(dr.helm_template(kube_version=kv, set_values=REVISIONED))
     if name == "kustomize":
         return dr.load_objects(dr.kustomize_build())
     raise ValueError(name)
@@ -297,7 +304,8 @@ except ValueError as exc:
     sys.exit(f"sockmesh run rejects its configuration: {exc}")
 print(json.dumps({
     "command": args.command, "server": cfg.server, "ca_file": cfg.ca_file,
-    "token_file": cfg.token_file, "cgroups": [str(p) for p in cfg.cgroups],
+    "token_file": cfg.token_file, "server_name": cfg.server_name,
+    "cgroups": [str(p) for p in cfg.cgroups],
     "pin_dir": str(cfg.pin_dir), "admin_addr": list(cfg.admin_addr or []),
     "delta": cfg.delta, "datapath": cfg.datapath, "node": MessageToDict(cfg.node),
 }))
@@ -330,7 +338,7 @@ def mount_script(ds: dict[str, Any], c: dict[str, Any], node_cgroup: Path, stage
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("name", ["helm-default", "helm-test-values"])
+@pytest.mark.parametrize("name", ["helm-default", "helm-test-values", "helm-revisioned-istiod"])
 def test_daemonset_command_line_is_accepted_by_the_agent(name: str, tmp_path: Path) -> None:
     objs = rendered(name)
     ds = one(objs, "DaemonSet")
@@ -405,6 +413,9 @@ def test_daemonset_command_line_is_accepted_by_the_agent(name: str, tmp_path: Pa
                    for s in v["projected"]["sources"] if "serviceAccountToken" in s)
         assert tok["audience"] == "istio-ca", "istiod accepts tokens for audience istio-ca"
         assert cfg["server"].endswith(":15012"), "TLS with a token goes to istiod's 15012"
+        # istiod's certificate names its service: the default one, or the one asked for
+        named = [a.split("=", 1)[1] for a in argv if a.startswith("--server-name=")]
+        assert cfg["server_name"] == (named[0] if named else "istiod.istio-system.svc")
     else:
         assert cfg["ca_file"] is None and cfg["server"].endswith(":15010")
     # the pinned maps live on the node's bpffs
