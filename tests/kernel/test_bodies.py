@@ -123,3 +123,38 @@ def test_64_concurrent_connections(mesh: Mesh, client: Client, one_backend) -> N
     assert handled >= 64 * 20
     # the pools grew under the load (misses make them grow up to SM_POOL_PER_ENDPOINT)
     assert mesh.dp.pools.grown > 0 or after["pool_empty"] == before["pool_empty"]
+
+
+def _pool_states(mesh: Mesh, backend) -> list[str]:
+    eps = {e["addr"]: e for e in mesh.dp.dump()["endpoints"]}
+    return eps[f"{backend.host}:{backend.port}"]["pool"]
+
+
+def test_client_gone_before_response_releases_the_slot(mesh: Mesh, client: Client,
+                                                       one_backend) -> None:
+    import time
+
+    b1, _ = one_backend
+    client.connect("gone", VIP, PORT)
+    client.send("gone", http("GET", "/slow/100", HOST))
+    client.cmd(op="close", conn="gone")  # closes before the response arrives
+    deadline = time.monotonic() + 5
+    while "busy" in _pool_states(mesh, b1) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "busy" not in _pool_states(mesh, b1)
+    eps = {e["addr"]: e for e in mesh.dp.dump()["endpoints"]}
+    assert eps[f"{b1.host}:{b1.port}"]["active"] == 0
+    client.connect("a", VIP, PORT)
+    assert client.request("a", http("GET", "/", HOST))["body"] == b"b1"
+
+
+def test_backend_closing_after_response(mesh: Mesh, client: Client, one_backend) -> None:
+    client.connect("a", VIP, PORT)
+    before = mesh.counters()
+    for _ in range(3):  # each response ends with the backend closing that pooled connection
+        r = client.request("a", http("GET", "/close", HOST))
+        assert (r["status"], r["body"]) == (200, b"b1")
+        assert client.request("a", http("GET", "/two", HOST))["body"] == b"b2"
+    after = mesh.counters()
+    assert after["pool_fin"] - before["pool_fin"] >= 3
+    assert after["resp_lost"] == before["resp_lost"]
