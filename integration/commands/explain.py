@@ -93,7 +93,9 @@ def request_from_obj(obj: Any, where: str) -> Request:
         raise CommandError(f"{where}: field 'path' must start with '/', got {path!r}")
     headers = obj.get("headers", {})
     if isinstance(headers, dict):
-        pairs = list(headers.items())
+        # {"name": "value"} or {"name": ["value", "value"]} for a header sent twice
+        pairs = [(n, v) for n, vs in headers.items()
+                 for v in (vs if isinstance(vs, list) and vs else [vs])]
     elif isinstance(headers, list) and all(isinstance(h, list | tuple) and len(h) == 2
                                            for h in headers):
         pairs = [tuple(h) for h in headers]
@@ -103,8 +105,7 @@ def request_from_obj(obj: Any, where: str) -> Request:
     for n, v in pairs:
         if not isinstance(n, str) or not isinstance(v, str):
             raise CommandError(f"{where}: header {n!r}: name and value must be strings")
-    return Request.from_dict({**obj, "headers": dict(pairs) if isinstance(headers, dict)
-                              else [list(p) for p in pairs]})
+    return Request.from_dict({**obj, "headers": [list(p) for p in pairs]})
 
 
 def read_requests(path: str) -> list[Request]:

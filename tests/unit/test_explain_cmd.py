@@ -345,3 +345,20 @@ def test_config_dump_from_stdin(capsys: pytest.CaptureFixture[str],
     err = _explain_err(["explain", "--config-dump", "-", "--route-config", rc["name"],
                         "--requests", "-"], capsys)
     assert "cannot both be stdin" in err
+
+
+def test_header_given_twice_in_both_forms(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    rc = {"name": "rc1", "virtual_hosts": [{"name": "vh1", "domains": ["*"], "routes": [
+        {"name": "r", "match": {"prefix": "/", "headers": [
+            {"name": "x-v", "string_match": {"exact": "b"}}]}, "route": {"cluster": "c1"}}]}]}
+    dump = write(tmp_path, "d.json", config_dump([rc], ["c1"]))
+    reqs = write(tmp_path, "r.jsonl", "".join(json.dumps(x) + "\n" for x in (
+        {"path": "/", "headers": {"x-v": ["a", "b"]}},
+        {"path": "/", "headers": [["x-v", "a"], ["x-v", "b"]]},
+        {"path": "/", "headers": {"x-v": "a"}})))
+    code, out, err = run_cli(["explain", "--config-dump", str(dump), "--route-config", "rc1",
+                              "--requests", str(reqs)], capsys)
+    assert code == 0, err
+    # Envoy matches a repeated header when any one value matches (see tests/diff)
+    assert [json.loads(x)["route"] for x in out.splitlines()] == ["r", "r", None]
