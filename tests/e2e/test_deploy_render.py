@@ -109,6 +109,15 @@ def test_chart_refuses_kubernetes_below_its_minimum() -> None:
         dr.helm_template(kube_version=f"{major}.{int(minor) - 1}.0")
 
 
+@pytest.mark.parametrize("bad", ["istiod.tsl=false", "metrics.port=http",
+                                 "cgroup.attach=null", "pinDir=/tmp/sockmesh",
+                                 "securityContext.seccompProfile=unconfined"])
+def test_chart_rejects_misspelled_or_mistyped_values(bad: str) -> None:
+    # values.schema.json: a setting helm would otherwise ignore or render wrongly fails
+    with pytest.raises(AssertionError, match="schema"):
+        dr.helm_template(set_values=(bad,))
+
+
 # ---- schemas -------------------------------------------------------------------------------
 
 
