@@ -356,9 +356,10 @@ def _rule_matches(rule: Rule, view: _View) -> bool:
             return False
     for m in rule.query:
         value = view.query_param(m.name)
-        if value is None:
-            return False
-        if m.kind is not StringKind.PRESENT and not _string_matches(m, value):
+        if m.kind is StringKind.PRESENT:
+            if (value is not None) != m.present:
+                return False
+        elif value is None or not _string_matches(m, value):
             return False
     return True
 

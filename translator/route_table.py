@@ -137,8 +137,10 @@ def _query_matcher(qm: rc.QueryParameterMatcher, where: str, field: str) -> Valu
     if qm.WhichOneof("query_parameter_match_specifier") == "string_match":
         kind, value, ignore_case = _string_matcher(qm.string_match, where, f"{field}.string_match")
         return ValueMatch(qm.name, kind, value, ignore_case=ignore_case)
-    # present_match (true or false) and no specifier both mean "parameter present" in Envoy
-    return ValueMatch(qm.name, StringKind.PRESENT, present=True)
+    if qm.WhichOneof("query_parameter_match_specifier") == "present_match":
+        # measured on Envoy 1.40: present_match false matches when the parameter is absent
+        return ValueMatch(qm.name, StringKind.PRESENT, present=qm.present_match)
+    return ValueMatch(qm.name, StringKind.PRESENT, present=True)  # no specifier: presence
 
 
 def _path_match(m: rc.RouteMatch, where: str, field: str) -> PathMatch:
@@ -243,7 +245,7 @@ def _redirect(rd: rc.RedirectAction, where: str, field: str, path: PathMatch) ->
     if rd.WhichOneof("scheme_rewrite_specifier") == "https_redirect" and rd.https_redirect:
         scheme = "https"
     elif rd.scheme_redirect:
-        scheme = rd.scheme_redirect.lower()
+        scheme = rd.scheme_redirect  # Envoy writes it as configured (HTTPS stays upper-case)
     if rd.port_redirect > 65535:
         raise TranslationError(where, f"{field}.port_redirect: {rd.port_redirect} out of range")
     regex_rewrite = regex_sub = None

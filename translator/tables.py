@@ -105,7 +105,8 @@ class ValueMatch:
       (surrounding whitespace allowed) and tests ``range_start <= v < range_end``;
     * Envoy's legacy ``exact_match: ""`` (any value) arrives as PREFIX "".
     * query parameters: the first value of the name, not percent-decoded; a missing
-      parameter fails; PRESENT only needs the name (with or without ``=``).
+      parameter fails every kind but PRESENT; PRESENT is ``found == present`` (a name
+      without ``=`` is found, with value "").
     """
 
     name: str

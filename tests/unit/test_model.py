@@ -229,6 +229,9 @@ def test_grpc_match_needs_grpc_content_type() -> None:
     ({"present_match": True}, "/?v", True),
     ({"present_match": True}, "/?w=1", False),
     ({"present_match": True}, "/", False),
+    ({"present_match": False}, "/?w=1", True),  # measured: false means absent
+    ({"present_match": False}, "/?v=1", False),
+    ({}, "/?v=1", True),
     ({"string_match": {"exact": "a b"}}, "/?v=a%20b", False),  # not percent-decoded
     ({"string_match": {"exact": "a%20b"}}, "/?v=a%20b", True),
     ({"string_match": {"exact": "1"}}, "/?v=1#frag", True),
@@ -425,6 +428,10 @@ def test_direct_response_3xx_carries_the_request_url_as_location() -> None:
     ({"host_redirect": "new.com"}, "/p?q=1", "h.com", "http", 301, "http://new.com/p?q=1"),
     ({"https_redirect": True}, "/p", "h.com:80", "http", 301, "https://h.com/p"),
     ({"https_redirect": True}, "/p", "h.com:8080", "http", 301, "https://h.com:8080/p"),
+    ({"scheme_redirect": "HTTPS"}, "/p", "h.com:80", "http", 301, "HTTPS://h.com/p"),
+    ({"host_redirect": "n.com:9", "port_redirect": 81}, "/p", "h:1", "http", 301,
+     "http://n.com:9:81/p"),
+    ({"path_redirect": "new"}, "/p?q", "h", "http", 301, "http://h/new?q"),
     ({"scheme_redirect": "https", "port_redirect": 8443}, "/p", "h.com:80", "http", 301,
      "https://h.com:8443/p"),
     ({"port_redirect": 81}, "/p", "h.com:80", "http", 301, "http://h.com:81/p"),

@@ -73,6 +73,7 @@ def route_match(draw: st.DrawFn) -> dict[str, Any]:
     m["headers"] = draw(st.lists(header_matcher(), max_size=2))
     qs = draw(st.lists(st.sampled_from([
         {"name": "x", "present_match": True},
+        {"name": "x", "present_match": False},
         {"name": "x", "string_match": {"exact": "1"}},
         {"name": "y", "string_match": {"prefix": "2"}},
     ]), max_size=1))
@@ -202,6 +203,10 @@ def ref_route_ok(m: dict[str, Any], req: Request) -> bool:
             k, _, v = kv.partition("=")
             query.setdefault(k, v)
     for q in m.get("query_parameters", []):
+        if "present_match" in q:
+            if (q["name"] in query) != q["present_match"]:
+                return False
+            continue
         if q["name"] not in query:
             return False
         sm = q.get("string_match")
