@@ -53,6 +53,11 @@ REMOVED = frozenset({
     "x-envoy-upstream-rq-timeout-ms", "x-envoy-upstream-stream-duration-ms",
 })
 
+# Names whose value Envoy sets, removes or rewrites before routing: a datapath that reads
+# the raw request must leave rules matching these to user space (the model)
+ADJUSTED = REMOVED | {"connection", "upgrade", "te", "host", "x-forwarded-proto",
+                      "x-request-id"}
+
 # the x-request-id the model uses when Envoy would generate a random one
 GENERATED_REQUEST_ID = "00000000-0000-4000-8000-000000000000"
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from translator import translate_route_config
-from translator.envoy_request import GENERATED_REQUEST_ID, prepare
+from translator.envoy_request import ADJUSTED, GENERATED_REQUEST_ID, REMOVED, prepare
 from translator.model import Request, route
 from translator.resources import ROUTE_CONFIGURATION, parse_resource
 
@@ -86,3 +86,12 @@ def test_prepare_keeps_order_and_the_host_goes_to_authority() -> None:
     assert r.authority == "h:80"
     assert r.headers == (("x-b", "1"), ("user-agent", "u1,u2"), ("x-b", "2"),
                          ("x-forwarded-proto", "http"), ("x-request-id", GENERATED_REQUEST_ID))
+
+
+def test_adjusted_names_cover_everything_prepare_changes() -> None:
+    raw = [(n, "v") for n in sorted(REMOVED | {"connection", "upgrade", "te", "x-keep"})]
+    out = prepare(Request(authority="h", headers=tuple(raw)))
+    changed = ({n for n, _ in raw} ^ {n for n, _ in out.headers}) | \
+        {n for n, v in out.headers if (n, v) not in raw}
+    assert changed <= ADJUSTED
+    assert "x-keep" not in changed
