@@ -349,6 +349,8 @@ def _path_matches(rule: Rule, view: _View) -> bool:
 
 
 def _rule_matches(rule: Rule, view: _View) -> bool:
+    if rule.runtime_fraction == 0.0:
+        return False  # a 0% runtime_fraction never matches (no runtime overrides here)
     if not _path_matches(rule, view):
         return False
     for m in rule.headers:

@@ -295,8 +295,11 @@ def translate_route(route: rc.Route, envoy_index: int, where: str, field: str,
         headers.append(ValueMatch("content-type", StringKind.REGEX, GRPC_CONTENT_TYPE_REGEX))
     query = tuple(_query_matcher(q, where, f"{field}.match.query_parameters[{i}]")
                   for i, q in enumerate(m.query_parameters))
-    not_enforced = _unhandled(m, _MATCH_HANDLED, "match.")
+    not_enforced = _unhandled(m, _MATCH_HANDLED | {"runtime_fraction"}, "match.")
     not_enforced += _unhandled(route, _ROUTE_HANDLED)
+    fraction = _runtime_fraction(m) if m.HasField("runtime_fraction") else None
+    if fraction is not None and 0.0 < fraction < 1.0:
+        not_enforced.insert(0, "match.runtime_fraction")
     slow: list[str] = []
     which = route.WhichOneof("action")
     if which == "route":
@@ -320,7 +323,19 @@ def translate_route(route: rc.Route, envoy_index: int, where: str, field: str,
         action=action,
         not_enforced=tuple(dict.fromkeys(not_enforced)),
         needs_slow_path=tuple(dict.fromkeys(slow)),
+        runtime_fraction=fraction,
     )
+
+
+# FractionalPercent.DenominatorType -> denominator
+_DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}
+
+
+def _runtime_fraction(m: rc.RouteMatch) -> float:
+    """The default fraction of a runtime_fraction condition, clamped to [0, 1]."""
+    dv = m.runtime_fraction.default_value
+    denominator = _DENOMINATORS.get(dv.denominator, 100)
+    return min(dv.numerator / denominator, 1.0)
 
 
 def domain_kind(domain: str) -> str:

@@ -177,6 +177,10 @@ class Rule:
     not_enforced: tuple[str, ...] = ()
     # Fields that need user space to honour them; the kernel hands such requests over
     needs_slow_path: tuple[str, ...] = ()
+    # match.runtime_fraction's default as a fraction in [0, 1] (None: no such condition).
+    # 0 means the rule never matches (measured on Envoy); 1 always; in between Envoy picks
+    # at random per request, which is listed in not_enforced and evaluated as matching.
+    runtime_fraction: float | None = None
 
 
 @dataclass(frozen=True)

@@ -464,6 +464,23 @@ def test_no_route_in_a_virtual_host() -> None:
         "location": None, "not_enforced": []}
 
 
+@pytest.mark.parametrize(("numerator", "denominator", "matches", "listed"), [
+    (0, "HUNDRED", False, False),  # measured: never matches
+    (100, "HUNDRED", True, False),  # always
+    (200, "HUNDRED", True, False),
+    (50, "HUNDRED", True, True),  # random in Envoy: evaluated as matching, listed
+    (1, "MILLION", True, True),
+])
+def test_runtime_fraction(numerator: int, denominator: str, matches: bool,
+                          listed: bool) -> None:
+    t = table([{"match": {"prefix": "/", "runtime_fraction": {"default_value": {
+        "numerator": numerator, "denominator": denominator}, "runtime_key": "k"}}},
+        {"match": {"path": "/x"}}])
+    d = route(t, Request(path="/"))
+    assert (d.cluster == "c0") is matches
+    assert ("match.runtime_fraction" in d.not_enforced) is (listed and matches)
+
+
 def test_not_enforced_fields_are_reported_per_rule() -> None:
     t = table([{"match": {"prefix": "/", "runtime_fraction": {"default_value": {
         "numerator": 50}}}, "route": {"cluster": "c", "timeout": "1s", "retry_policy": {
