@@ -1,10 +1,11 @@
 """The DaemonSet's capabilities are enough to load the datapath, and each one is needed.
 
 The container runs as uid 0 with every capability dropped except the DaemonSet's
-``capabilities.add``; ``setpriv --bounding-set`` gives a process exactly that set.  The real
-datapath (bcc compile, load, attach to a dedicated test cgroup, pin in bpffs, then detach)
-must load with the set and fail without any one of its members.  Not emulated here: the
-runtime's seccomp and AppArmor profiles (see deploy/helm/sockmesh/values.yaml).
+``capabilities.add``, on a read-only root filesystem; ``setpriv --bounding-set`` gives a
+process exactly that set, a private mount namespace the read-only root.  The real datapath
+(bcc compile, load, attach to a dedicated test cgroup, pin in bpffs, then detach) must load
+so and fail without any one of the capabilities.  Not emulated here: the runtime's seccomp
+and AppArmor profiles (see deploy/helm/sockmesh/values.yaml).
 """
 
 from __future__ import annotations
@@ -22,9 +23,15 @@ from tests.support.cgroup import test_cgroup as dedicated_cgroup
 pytestmark = pytest.mark.kernel
 
 LOAD = r"""
-import sys
+import errno, sys
 from pathlib import Path
 from bpf.datapath import Datapath
+try:
+    open("/sockmesh-read-only-probe", "w")
+except OSError as exc:
+    assert exc.errno == errno.EROFS, exc
+else:
+    sys.exit("the root filesystem is writable: the read-only root was not set up")
 dp = Datapath(Path(sys.argv[1]), Path(sys.argv[2]))
 try:
     dp.load()
@@ -43,13 +50,18 @@ def daemonset_capabilities() -> list[str]:
 
 
 def load_with(caps: list[str]) -> subprocess.CompletedProcess[str]:
+    """Load and unload the datapath as the container would: uid 0 with only ``caps``, the
+    root filesystem read-only (readOnlyRootFilesystem) and an empty tmpfs at /tmp (the
+    emptyDir), in a private mount namespace; bpffs and cgroup v2 are their own mounts."""
     bounding = ",".join(["-all"] + [f"+{c.lower()}" for c in caps])
+    pod = ("mount -o remount,bind,ro / && mount -t tmpfs sockmesh-test /tmp && "
+           'exec setpriv --bounding-set="$0" --inh-caps=-all "$1" -c "$2" "$3" "$4"')
     with dedicated_cgroup() as cg:
         pin = pin_dir_for(cg)
         try:
             return subprocess.run(
-                ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all",
-                 sys.executable, "-c", LOAD, str(cg), str(pin)],
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c", pod,
+                 bounding, sys.executable, LOAD, str(cg), str(pin)],
                 capture_output=True, text=True, timeout=300, cwd=dr.ROOT, check=False)
         finally:
             assert not pin.exists() or not any(pin.iterdir()), f"{pin} left behind"
