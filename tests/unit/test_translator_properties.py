@@ -299,3 +299,32 @@ def test_random_route_configs_never_crash(cfg: dict[str, Any], requests: list[Re
     for req in requests:
         d = route(table, req)
         assert d.to_json()["route_config"] == table.name
+
+
+_FIXED = translate_route_config(parse_resource({
+    "@type": ROUTE_CONFIGURATION, "name": "fixed", "virtual_hosts": [
+        {"name": "a", "domains": ["a.com", "*.a.com", "b*"], "routes": [
+            {"match": {"safe_regex": {"regex": "/r/[^/]+"}, "headers": [
+                {"name": "x-n", "range_match": {"start": 0, "end": 9}}]},
+             "route": {"cluster": "r"}},
+            {"match": {"prefix": "/p", "case_sensitive": False, "query_parameters": [
+                {"name": "q", "string_match": {"contains": "é", "ignore_case": True}}]},
+             "redirect": {"prefix_rewrite": "/n", "strip_query": True}},
+            {"match": {"path_separated_prefix": "/s"}, "route": {"cluster_header": "x-c"}}]},
+        {"name": "d", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "direct_response": {"status": 302}}]}],
+    "ignore_path_parameters_in_path_matching": True}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=12), st.text(max_size=20), st.text(max_size=12),
+       st.lists(st.tuples(st.sampled_from(["x-n", "x-c", "X-N", "te", "connection", "host",
+                                           "content-type"]), st.text(max_size=8)),
+                max_size=4))
+def test_model_never_crashes_on_arbitrary_requests(method: str, path: str, authority: str,
+                                                   headers: list[tuple[str, str]]) -> None:
+    d = route(_FIXED, Request(method=method, authority=authority, path=path,
+                              headers=tuple(headers)))
+    assert d.to_json()["route_config"] == "fixed"
+    if d.action.value == "redirect":
+        assert d.location is not None and "://" in d.location
