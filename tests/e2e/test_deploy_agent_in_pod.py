@@ -7,7 +7,8 @@ endpoint on a loopback port, pins in a test directory) and its container is run:
   "node's" cgroup tree (a dedicated test cgroup holding kubepods.slice) read-only at
   /sys/fs/cgroup/unified, the node's kernel headers read-only in a separate directory, an
   emptyDir at /lib/modules and /tmp, and the root filesystem read-only;
-- as uid 0 with only the DaemonSet's capabilities;
+- as uid 0 with only the DaemonSet's capabilities (and no_new_privs, as
+  allowPrivilegeEscalation: false gives it);
 - with the environment the kubelet would give it, and the DaemonSet's command line (the
   entrypoint script, then `sockmesh run` with the rendered flags).
 
@@ -51,6 +52,10 @@ XDS_CONFIG = """\
     - lb_endpoints:
         - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 9}}}
 """
+
+
+# capability numbers (linux/capability.h) of the names a DaemonSet may add
+CAP_BITS = {"NET_ADMIN": 12, "SYS_ADMIN": 21, "SYSLOG": 34, "PERFMON": 38, "BPF": 39}
 
 
 def free_port() -> int:
@@ -143,7 +148,9 @@ def test_the_daemonsets_agent_starts_becomes_ready_and_stops_cleanly(tmp_path: P
                 p = node / a.relative_to("/sys/fs/cgroup/unified")
                 p.mkdir(parents=True)
                 made.append(p)
-            script = (pod_script(ds, c) + ' && exec setpriv --bounding-set="$0" '
+            nnp = "--no-new-privs " if c["securityContext"]["allowPrivilegeEscalation"] is False \
+                else ""
+            script = (pod_script(ds, c) + f' && exec setpriv {nnp}--bounding-set="$0" '
                       '--inh-caps=-all "$@"')
             with agent_log.open("w") as out:
                 agent = subprocess.Popen(
@@ -169,6 +176,13 @@ def test_the_daemonsets_agent_starts_becomes_ready_and_stops_cleanly(tmp_path: P
                         pass
                     time.sleep(0.5)
                 assert agent.poll() is None, f"the agent exited {agent.returncode}"
+                # the process serving is the agent itself, with the pod's privileges
+                proc_status = Path(f"/proc/{agent.pid}/status").read_text()
+                fields = dict(line.split(":\t", 1) for line in proc_status.splitlines()
+                              if ":\t" in line)
+                assert "sockmesh" in Path(f"/proc/{agent.pid}/cmdline").read_text()
+                assert int(fields["CapEff"], 16) == sum(1 << CAP_BITS[x] for x in caps)
+                assert fields["NoNewPrivs"].strip() == ("1" if nnp else "0")
                 assert status, "the readiness probe never answered"
                 assert status["xds"]["connected"], status["xds"]
                 assert status["xds"]["server"] == f"127.0.0.1:{xds_port}"

@@ -50,12 +50,14 @@ def daemonset_capabilities() -> list[str]:
 
 
 def load_with(caps: list[str]) -> subprocess.CompletedProcess[str]:
-    """Load and unload the datapath as the container would: uid 0 with only ``caps``, the
-    root filesystem read-only (readOnlyRootFilesystem) and an empty tmpfs at /tmp (the
-    emptyDir), in a private mount namespace; bpffs and cgroup v2 are their own mounts."""
+    """Load and unload the datapath as the container would: uid 0 with only ``caps`` and
+    no_new_privs (allowPrivilegeEscalation: false), the root filesystem read-only
+    (readOnlyRootFilesystem) and an empty tmpfs at /tmp (the emptyDir), in a private mount
+    namespace; bpffs and cgroup v2 are their own mounts."""
     bounding = ",".join(["-all"] + [f"+{c.lower()}" for c in caps])
     pod = ("mount -o remount,bind,ro / && mount -t tmpfs sockmesh-test /tmp && "
-           'exec setpriv --bounding-set="$0" --inh-caps=-all "$1" -c "$2" "$3" "$4"')
+           'exec setpriv --no-new-privs --bounding-set="$0" --inh-caps=-all '
+           '"$1" -c "$2" "$3" "$4"')
     with dedicated_cgroup() as cg:
         pin = pin_dir_for(cg)
         try:
