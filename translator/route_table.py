@@ -70,15 +70,31 @@ def _unhandled(msg: Message, handled: Iterable[str], prefix: str = "") -> list[s
     return [prefix + f.name for f, _ in msg.ListFields() if f.name not in handled_set]
 
 
-def compile_regex(pattern: str, where: str, field: str) -> None:
-    """Check that ``pattern`` is a valid RE2 regex; raise TranslationError otherwise."""
+# Envoy rejects an RE2 program larger than this (runtime re2.max_program_size.error_level;
+# measured on Envoy 1.40: program size 94 accepted, 105 rejected)
+MAX_REGEX_PROGRAM_SIZE = 100
+
+
+def compile_regex(pattern: str, where: str, field: str, matcher: Message | None = None) -> None:
+    """Check that ``pattern`` is a valid RE2 regex Envoy accepts; raise TranslationError.
+
+    ``matcher`` (the RegexMatcher) may raise the program size limit with the deprecated
+    ``google_re2.max_program_size``.
+    """
     try:
-        re2.compile(pattern)
+        compiled = re2.compile(pattern)
     except re2.error as exc:
         reason = exc.args[0] if exc.args else exc
         if isinstance(reason, bytes):
             reason = reason.decode("utf-8", errors="replace")
         raise TranslationError(where, f"{field}: invalid regex {pattern!r}: {reason}") from None
+    limit = MAX_REGEX_PROGRAM_SIZE
+    if matcher is not None and matcher.HasField("google_re2") and \
+            matcher.google_re2.HasField("max_program_size"):
+        limit = matcher.google_re2.max_program_size.value
+    if compiled.programsize > limit:
+        raise TranslationError(where, f"{field}: regex {pattern!r} has RE2 program size "
+                               f"{compiled.programsize}, over Envoy's limit {limit}")
 
 
 def _string_matcher(sm: Message, where: str, field: str) -> tuple[StringKind, str, bool]:
@@ -89,7 +105,7 @@ def _string_matcher(sm: Message, where: str, field: str) -> tuple[StringKind, st
     if which == "custom":
         raise TranslationError(where, f"{field}.custom: custom string matchers are not supported")
     if which == "safe_regex":
-        compile_regex(sm.safe_regex.regex, where, f"{field}.safe_regex.regex")
+        compile_regex(sm.safe_regex.regex, where, f"{field}.safe_regex.regex", sm.safe_regex)
         # ignore_case has no effect on regex matching in Envoy
         return StringKind.REGEX, sm.safe_regex.regex, False
     value = getattr(sm, which)
@@ -120,7 +136,8 @@ def _header_matcher(hm: rc.HeaderMatcher, where: str, field: str) -> ValueMatch:
             raise TranslationError(where, f"{field}.{which}: must not be empty")
         return ValueMatch(name, StringKind(which.removesuffix("_match")), value, **common)
     if which == "safe_regex_match":
-        compile_regex(hm.safe_regex_match.regex, where, f"{field}.safe_regex_match.regex")
+        compile_regex(hm.safe_regex_match.regex, where, f"{field}.safe_regex_match.regex",
+                      hm.safe_regex_match)
         return ValueMatch(name, StringKind.REGEX, hm.safe_regex_match.regex, **common)
     if which == "range_match":
         r = hm.range_match
@@ -161,7 +178,7 @@ def _path_match(m: rc.RouteMatch, where: str, field: str) -> PathMatch:
                                    "end with '/' nor contain '?' or '#'")
         return PathMatch(PathKind.PATH_SEPARATED_PREFIX, p, case_sensitive)
     if which == "safe_regex":
-        compile_regex(m.safe_regex.regex, where, f"{field}.safe_regex.regex")
+        compile_regex(m.safe_regex.regex, where, f"{field}.safe_regex.regex", m.safe_regex)
         # case_sensitive is ignored for safe_regex in Envoy
         return PathMatch(PathKind.REGEX, m.safe_regex.regex, True)
     if which == "connect_matcher":
@@ -250,7 +267,8 @@ def _redirect(rd: rc.RedirectAction, where: str, field: str, path: PathMatch) ->
         raise TranslationError(where, f"{field}.port_redirect: {rd.port_redirect} out of range")
     regex_rewrite = regex_sub = None
     if rd.HasField("regex_rewrite"):
-        compile_regex(rd.regex_rewrite.pattern.regex, where, f"{field}.regex_rewrite.pattern")
+        compile_regex(rd.regex_rewrite.pattern.regex, where, f"{field}.regex_rewrite.pattern",
+                      rd.regex_rewrite.pattern)
         regex_rewrite = rd.regex_rewrite.pattern.regex
         regex_sub = rd.regex_rewrite.substitution
     if rd.prefix_rewrite and path.kind is PathKind.CONNECT:

@@ -125,6 +125,20 @@ def test_bad_route_config_names_resource_and_field(mutate: Any, field: str,
     assert str(err).startswith(f"RouteConfiguration 'rc' {field}:")
 
 
+def test_regex_over_envoys_program_size_limit_is_rejected() -> None:
+    # measured on Envoy 1.40: [a-z]{90} (program size 94) loads, [a-z]{101} (105) does not
+    ok = good_rc()
+    route0(ok)["match"] = {"safe_regex": {"regex": "/[a-z]{90}"}}
+    validate_resource(ROUTE_CONFIGURATION, parse_resource(ok))
+    err = rc_error(lambda o: route0(o).update(match={"safe_regex": {"regex": "/[a-z]{101}"}}))
+    assert err.detail.startswith("virtual_hosts[0].routes[0].match.safe_regex.regex: ")
+    assert "program size" in err.detail
+    raised = good_rc()
+    route0(raised)["match"] = {"safe_regex": {"regex": "/[a-z]{101}", "google_re2": {
+        "max_program_size": 200}}}
+    validate_resource(ROUTE_CONFIGURATION, parse_resource(raised))
+
+
 def test_route_config_without_name_is_rejected() -> None:
     obj = good_rc()
     del obj["name"]
