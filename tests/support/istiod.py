@@ -1,6 +1,6 @@
 """Run a real istiod (``pilot-discovery``, Istio 1.29.x) standalone on loopback.
 
-    with Istiod(config_dir, workdir) as istiod:     # starts, waits for /ready
+    with Istiod(config_dir, workdir) as istiod:     # starts, waits until it serves xDS
         istiod.xds_address                          # 127.0.0.1:PORT, plaintext ADS
         istiod.debug("/debug/configz")              # istiod's debug endpoints
         istiod.restart()                            # same ports; clients reconnect
@@ -19,19 +19,26 @@ The process is started by path and stopped by its PID; every wait has a deadline
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
+import grpc
 import yaml
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from tests.support.capabilities import ROOT
+from xds_client import CLUSTER as CDS_TYPE
+from xds_client import istio_node
 
 PEER_DIR = ROOT / "tests" / "peers" / "istiod"
 CONFIG_DIR = PEER_DIR / "config"
@@ -164,15 +171,23 @@ class Istiod:
             "POD_NAME": "istiod-sockmesh-test",
             "POD_NAMESPACE": "istio-system",
             "REVISION": "default",
-            # istiod's own serving cert would come from its CA; no TLS port is open here
-            "PILOT_CERT_PROVIDER": "none",
         })
         return env
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> Self:
-        """Start pilot-discovery and wait until its /ready answers 200."""
+        """Start pilot-discovery on an empty config dir, wait until it serves xDS, then
+        hand it the config (WorkloadEntries last) and wait until it has all of it.
+
+        Why staged: istiod 1.29 standalone reads --configDir once at start, and in about
+        half of the cold starts measured here objects read then never reached the push
+        context (no services, or services without endpoints, for good: a later reload of
+        the same files changes nothing).  Objects that arrive as file changes after
+        istiod is ready are picked up every time.  WorkloadEntries come after the
+        ServiceEntries that select them for the same reason.
+        """
+        held = self._hold_config()
         with self.log_path.open("ab") as log:
             log.write(f"--- start {' '.join(self.command())}\n".encode())
             log.flush()
@@ -182,11 +197,66 @@ class Istiod:
                                          stdout=log, stderr=subprocess.STDOUT)
         try:
             self.wait_ready(self.start_timeout)
+            self._release_config(held)
         except BaseException:
             self.stop()
+            self._release_config(held, wait=False)
             raise
         self.ready_after = time.monotonic() - self.started_at
         return self
+
+    def _hold_config(self) -> list[tuple[Path, Path, list[dict[str, Any]]]]:
+        """Move every YAML file out of the config dir: (held path, home, documents)."""
+        held = []
+        hold_dir = self.workdir / "held-config"
+        hold_dir.mkdir(exist_ok=True)
+        for p in sorted(self.config_dir.glob("*.yaml")):
+            docs = [d for d in yaml.safe_load_all(p.read_text()) if d]
+            dest = hold_dir / p.name
+            p.replace(dest)
+            held.append((dest, p, docs))
+        return held
+
+    def _release_config(self, held: list[tuple[Path, Path, list[dict[str, Any]]]],
+                        wait: bool = True) -> None:
+        """Put the held files back (WorkloadEntry-only files last), each step waited for."""
+        def only_we(docs: list[dict[str, Any]]) -> bool:
+            return bool(docs) and all(d.get("kind") == "WorkloadEntry" for d in docs)
+
+        for stage in (False, True):
+            names: set[str] = set()
+            for src, dest, docs in held:
+                if only_we(docs) != stage:
+                    continue
+                if src.exists():
+                    src.replace(dest)
+                names |= {f'{d.get("kind")}/{d["metadata"]["name"]}' for d in docs}
+            if wait and names:
+                self._wait_known(names)
+
+    def _wait_known(self, names: set[str]) -> None:
+        """Wait until istiod has every ``KIND/name``: config objects in /debug/configz,
+        WorkloadEntries also as endpoints in /debug/endpointShardz."""
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            self._check_alive()
+            missing = set(names)
+            status, configz = self.http_get("/debug/configz")
+            if status == 200:
+                known = {f'{c.get("kind")}/{c.get("metadata", {}).get("name")}'
+                         for c in json.loads(configz) or []}
+                missing -= known
+            we = {n.split("/", 1)[1] for n in names if n.startswith("WorkloadEntry/")}
+            if we and not missing:
+                status, shards = self.http_get("/debug/endpointShardz")
+                missing |= {f"endpoint {n}" for n in we
+                            if status != 200 or f'"WorkloadName":"{n}"' not in shards}
+            if not missing:
+                return
+            if time.monotonic() >= deadline:
+                raise IstiodError(f"istiod did not take {sorted(missing)} within "
+                                  f"{self.start_timeout} s\n{self.log_tail()}")
+            time.sleep(POLL_S)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM by PID (SIGKILL after ``timeout`` s) and reap."""
@@ -239,7 +309,15 @@ class Istiod:
             return exc.code, exc.read().decode(errors="replace")
 
     def wait_ready(self, timeout: float) -> None:
-        """Poll /ready until 200 or ``timeout`` s (fails at once if the process died)."""
+        """Wait until istiod serves xDS, or fail after ``timeout`` s (at once if it died).
+
+        Ready means /ready answers 200, or, while /ready answers 503, that the ADS port
+        answers a CDS request.  Standalone istiod 1.29 never reaches 200 on /ready: its
+        "sidecar injector" and "config validation" probes are only marked ready when a
+        Kubernetes client exists (pilot/pkg/bootstrap/server.go, NewServer), while the
+        "discovery" probe is the one that matters here, and the ADS handler refuses
+        streams (UNAVAILABLE) until exactly that probe holds.
+        """
         deadline = time.monotonic() + timeout
         last = "no answer"
         while True:
@@ -248,13 +326,42 @@ class Istiod:
                 status, body = self.http_get("/ready", timeout=2.0)
                 if status == 200:
                     return
-                last = f"{status} {body.strip()[:200]}"
+                last = f"/ready {status} {body.strip()[:200]}"
+                if status == 503:
+                    answered, why = self.xds_answers(timeout=2.0)
+                    if answered:
+                        return
+                    last += f"; ADS: {why}"
             except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
                 last = str(exc)
             if time.monotonic() >= deadline:
                 raise IstiodError(f"istiod not ready within {timeout} s (last: {last})\n"
                                   f"{self.log_tail()}")
             time.sleep(POLL_S)
+
+    def xds_answers(self, timeout: float) -> tuple[bool, str]:
+        """Whether the ADS port answers a SotW CDS request within ``timeout`` s (and if
+        not, why)."""
+        done = threading.Event()
+        node = istio_node(LOOPBACK, "sockmesh-readiness-probe", "istio-system")
+        request = discovery_pb2.DiscoveryRequest(node=node, type_url=CDS_TYPE)
+
+        def requests() -> Iterator[discovery_pb2.DiscoveryRequest]:
+            yield request
+            done.wait(timeout)  # keep the stream open until the answer (no half-close)
+
+        with grpc.insecure_channel(self.xds_address) as channel:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            call = stub.StreamAggregatedResources(requests(), timeout=timeout)
+            try:
+                for _ in call:
+                    return True, "answered"
+                return False, "stream closed without a response"
+            except grpc.RpcError as exc:
+                return False, f"{exc.code().name}: {exc.details()}"
+            finally:
+                done.set()
+                call.cancel()
 
     def debug(self, path: str) -> str:
         """A debug endpoint's body (e.g. /debug/configz, /debug/syncz)."""
