@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
@@ -457,3 +458,37 @@ def test_the_docs_kustomize_overlay_builds_and_names_the_image(tmp_path: Path) -
     wanted = yaml.safe_load(m.group(1))["images"][0]
     assert images == {f"{wanted['newName']}:{wanted['newTag']}"}
     assert len(objs) == len(rendered("kustomize"))
+
+
+def doc_helm_commands() -> list[list[str]]:
+    """`helm install|upgrade ...` argument lists in docs/istio.md's code blocks."""
+    from tests.unit.test_deploy_docs import code_blocks, command_lines
+
+    out = []
+    for block in code_blocks((dr.ROOT / "docs" / "istio.md").read_text()):
+        for line in command_lines(block):
+            words = shlex.split(line, comments=True)
+            if words[:1] == ["helm"] and words[1:2] in (["install"], ["upgrade"]):
+                out.append(words[1:])
+    return out
+
+
+@pytest.mark.parametrize("cmd", doc_helm_commands(), ids=lambda c: " ".join(c[:2]))
+def test_the_docs_helm_commands_render(cmd: list[str]) -> None:
+    # the documented install/upgrade, rendered offline: same release, chart and flags
+    # (--reuse-values and --create-namespace only matter against a cluster)
+    verb, release, chart, *flags = cmd
+    flags = [f for f in flags if f not in ("--reuse-values", "--create-namespace")]
+    assert (dr.ROOT / chart).resolve() == dr.CHART, f"docs {verb} a chart at {chart}"
+    out = dr.run_tool([dr.tool("helm"), "template", release, dr.CHART, *flags,
+                       "--kube-version", dr.min_kube_version()])
+    ds = one(dr.load_objects(out), "DaemonSet")
+    sets = [flags[i + 1] for i, f in enumerate(flags) if f in ("--set", "--set-string")]
+    pod = ds["spec"]["template"]["spec"]
+    for s in sets:
+        key, value = s.split("=", 1)
+        if key == "image.repository":
+            assert containers(ds)[0]["image"].startswith(value + ":")
+        elif key.startswith("nodeSelector."):
+            label = key[len("nodeSelector."):].replace("\\.", ".")
+            assert pod["nodeSelector"].get(label) == value, pod["nodeSelector"]
