@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 from integration.cli import main as cli_main
+from tests.diff.compare import candidate_weights, disagreements, explain_batch
 from tests.diff.envoy_oracle import (
     REQ_ID_HEADER,
     EnvoyDecision,
@@ -140,78 +141,6 @@ def envoy_loadable(obj: Any, changes: list[str]) -> Any:
         out["typed_config"] = {"@type": EXTENSION_TYPES[name]}
         changes.append(f"added typed_config to {name}")
     return out
-
-
-def explain_batch(dump: Path, route_config: str, requests: list[GeneratedRequest],
-                  workdir: Path, subprocess_cli: bool = True) -> list[dict[str, Any]]:
-    """Run `sockmesh explain --requests` and return its decisions in order.
-
-    As a real command in a subprocess by default; ``subprocess_cli=False`` calls the same CLI
-    entry point in this process (saves ~1 s of interpreter start per call).
-    """
-    reqs = workdir / f"requests-{abs(hash((str(dump), route_config)))}.jsonl"
-    reqs.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in requests))
-    argv = ["explain", "--config-dump", str(dump), "--route-config", route_config,
-            "--requests", str(reqs)]
-    if subprocess_cli:
-        proc = subprocess.run([sys.executable, "-m", "integration.cli", *argv], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120, check=False)
-        code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
-    else:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli_main(argv)
-        stdout, stderr = out.getvalue(), err.getvalue()
-    assert code == 0, f"explain failed on {dump} {route_config}:\n{stderr}"
-    lines = [json.loads(line) for line in stdout.splitlines() if line.strip()]
-    assert len(lines) == len(requests), (len(lines), len(requests))
-    return lines
-
-
-def candidate_weights(candidates: Any) -> dict[str, int]:
-    """Decision candidates (list of {cluster, weight} or a mapping) as {cluster: weight}."""
-    if isinstance(candidates, dict):
-        return {str(k): int(v) for k, v in candidates.items()}
-    out: dict[str, int] = {}
-    for c in candidates or []:
-        if isinstance(c, dict):
-            out[str(c.get("cluster", c.get("name")))] = int(c.get("weight", 0))
-        else:
-            out[str(c[0])] = int(c[1])
-    return out
-
-
-def disagreements(envoy: EnvoyDecision | None, ours: dict[str, Any]) -> list[str]:
-    """What differs between Envoy's decision and ours (empty when they agree)."""
-    if envoy is None:
-        return ["no access log entry from Envoy"]
-    problems = []
-    action = ours.get("action")
-    routed = action in ("cluster", "weighted_clusters")
-    # a routed request reaches the 200 backend unless its cluster does not exist
-    want_status = ours.get("status") or 200 if routed else ours.get("status")
-    if envoy.status != want_status:
-        problems.append(f"status envoy={envoy.status} ours={want_status}")
-    if action == "cluster" and ours.get("status") is not None:
-        if envoy.cluster is not None:  # cluster not found: Envoy has no upstream cluster
-            problems.append(f"cluster envoy={envoy.cluster} ours=not found "
-                            f"({ours.get('cluster')})")
-    elif action == "cluster":
-        if envoy.cluster != ours.get("cluster"):
-            problems.append(f"cluster envoy={envoy.cluster} ours={ours.get('cluster')}")
-    elif action == "weighted_clusters":
-        cands = candidate_weights(ours.get("candidates"))
-        if envoy.cluster not in cands:
-            problems.append(f"cluster envoy={envoy.cluster} not in ours={sorted(cands)}")
-    elif envoy.cluster is not None:
-        problems.append(f"cluster envoy={envoy.cluster} ours=None ({action})")
-    if action == "redirect" and envoy.location != ours.get("location"):
-        problems.append(f"location envoy={envoy.location} ours={ours.get('location')}")
-    our_route = ours.get("route")
-    want_route = our_route if isinstance(our_route, str) and our_route else None
-    if envoy.route != want_route:
-        problems.append(f"route envoy={envoy.route} ours={our_route!r}")
-    return problems
 
 
 def send_all(port: int, requests: list[GeneratedRequest], first_id: int) -> None:
