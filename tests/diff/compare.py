@@ -82,7 +82,7 @@ def disagreements(envoy: EnvoyDecision | None, ours: dict[str, Any]) -> list[str
             problems.append(f"cluster envoy={envoy.cluster} not in ours={sorted(cands)}")
     elif envoy.cluster is not None:
         problems.append(f"cluster envoy={envoy.cluster} ours=None ({action})")
-    if action == "redirect" and envoy.location != ours.get("location"):
+    if action in ("redirect", "direct_response") and envoy.location != ours.get("location"):
         problems.append(f"location envoy={envoy.location} ours={ours.get('location')}")
     our_route = ours.get("route")
     want_route = our_route if isinstance(our_route, str) and our_route else None
