@@ -125,6 +125,7 @@ class GeneratedConfig:
 
     @property
     def name(self) -> str:
+        """The route config's name (it carries the seed, so it is unique per seed)."""
         return str(self.route_config["name"])
 
     def config_dump(self) -> dict[str, Any]:
