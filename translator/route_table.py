@@ -376,8 +376,6 @@ def _check_domains(rc_msg: route_pb2.RouteConfiguration, where: str) -> None:
         for di, raw in enumerate(vh.domains):
             field = f"virtual_hosts[{vi}].domains[{di}]"
             domain = raw.lower()
-            if not domain:
-                raise TranslationError(where, f"{field}: empty domain")
             # '*' is a wildcard only as the first or last character; elsewhere Envoy would
             # take it literally and the domain could never match a valid Host header
             inner = domain.removeprefix("*")
