@@ -126,7 +126,8 @@ class Istiod:
     def __init__(self, config_dir: Path, workdir: Path, *,
                  mesh: dict[str, Any] | None = None, binary: Path | None = None,
                  start_timeout: float = START_TIMEOUT_S,
-                 log_level: str = "default:info") -> None:
+                 log_level: str = "default:info",
+                 env: dict[str, str] | None = None) -> None:
         found = binary or istiod_binary()
         if found is None or not Path(found).exists():
             raise IstiodError(missing() or "pilot-discovery not found")
@@ -139,6 +140,7 @@ class Istiod:
         self.log_path = self.workdir / "istiod.log"
         self.start_timeout = start_timeout
         self.log_level = log_level
+        self.extra_env = dict(env or {})
         self.grpc_port, self.http_port, self.monitoring_port, self.ctrlz_port = free_ports(4)
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
@@ -172,6 +174,7 @@ class Istiod:
             "POD_NAMESPACE": "istio-system",
             "REVISION": "default",
         })
+        env.update(self.extra_env)
         return env
 
     # -- lifecycle ---------------------------------------------------------------------
