@@ -1,0 +1,106 @@
+"""wrk runs: saturation at a fixed number of keep-alive connections, and a paced low rate.
+
+The low-rate run is wrk with a Lua script whose ``delay()`` makes each connection wait a
+fixed time before its next request (wrk2 is not packaged here); with one connection and a
+1 ms delay the offered rate is just under 1,000 requests/s, far below saturation for every
+scenario, so the latency it measures is the per-request cost without queueing.
+wrk's latency histogram gives p50/p75/p90/p99; each run is bounded by ``-d`` and a timeout.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+_UNIT = {"us": 1.0, "ms": 1000.0, "s": 1e6}
+PACE_LUA = "-- sockmesh bench: pace each connection\nfunction delay()\n  return {ms}\nend\n"
+
+
+class LoadError(RuntimeError):
+    """wrk failed or saw errors."""
+
+
+@dataclass
+class WrkResult:
+    """One wrk run."""
+
+    connections: int
+    seconds: float
+    requests: int
+    rps: float
+    p50_us: float
+    p90_us: float
+    p99_us: float
+    errors: int
+
+    def to_json(self) -> dict[str, Any]:
+        """As plain data."""
+        return asdict(self)
+
+
+def wrk_binary() -> str:
+    """The wrk binary."""
+    found = shutil.which("wrk")
+    if found is None:
+        raise LoadError("wrk not found (apt-get install wrk)")
+    return found
+
+
+def parse_wrk(text: str, connections: int, seconds: float) -> WrkResult:
+    """Parse ``wrk --latency`` output."""
+    pct: dict[str, float] = {}
+    for p in ("50", "90", "99"):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", text, re.MULTILINE)
+        if not m:
+            raise LoadError(f"wrk output not understood:\n{text}")
+        pct[p] = float(m.group(1)) * _UNIT[m.group(2)]
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    rps = float(m.group(1)) if m else 0.0
+    m = re.search(r"(\d+) requests in", text)
+    requests = int(m.group(1)) if m else 0
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    return WrkResult(connections, seconds, requests, rps, pct["50"], pct["90"], pct["99"],
+                     errors)
+
+
+def run_wrk(url: str, *, connections: int, seconds: float, cpu: str | None,
+            spawn: Callable[..., subprocess.Popen[bytes]] | None = None,
+            pace_ms: int | None = None, workdir: Path | None = None) -> WrkResult:
+    """One wrk run (1 thread) against ``url``; ``spawn`` starts it (e.g. inside a cgroup).
+
+    ``pace_ms`` paces each connection with a Lua ``delay()`` (needs ``workdir``).
+    """
+    seconds = max(1, round(seconds))  # wrk takes whole seconds
+    argv = [wrk_binary(), "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+            "--timeout", "2s"]
+    if pace_ms is not None:
+        assert workdir is not None
+        script = workdir / f"pace-{pace_ms}ms.lua"
+        script.write_text(PACE_LUA.format(ms=pace_ms))
+        argv += ["-s", str(script)]
+    argv.append(url)
+    if cpu is not None:
+        argv = ["taskset", "-c", cpu, *argv]
+    start = spawn or subprocess.Popen
+    proc = start(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = proc.communicate(timeout=seconds + 30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate(timeout=5)
+        raise LoadError(f"wrk did not finish within {seconds + 30:g} s") from None
+    text = out.decode(errors="replace")
+    if proc.returncode != 0:
+        raise LoadError(f"wrk exited {proc.returncode}:\n{text}")
+    return parse_wrk(text, connections, seconds)

@@ -1,0 +1,105 @@
+"""What the machine and our processes cost: CPU from /proc/stat, RSS, BPF map memory."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """Machine-wide CPU jiffies at one instant (all CPUs, user+system+irq+softirq...)."""
+
+    busy: int
+    total: int
+    softirq: int
+    at: float
+
+    @classmethod
+    def now(cls) -> CpuSample:
+        """Read the aggregate ``cpu`` line of /proc/stat."""
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal guest guest_nice
+        idle = fields[3] + fields[4]
+        total = sum(fields[:8])  # guest time is already counted in user
+        return cls(busy=total - idle, total=total, softirq=fields[6], at=time.monotonic())
+
+    def busy_seconds_since(self, earlier: CpuSample) -> float:
+        """CPU seconds (all CPUs, kernel and softirq included) spent between the samples."""
+        return (self.busy - earlier.busy) / CLK_TCK
+
+    def softirq_seconds_since(self, earlier: CpuSample) -> float:
+        """Softirq CPU seconds between the samples."""
+        return (self.softirq - earlier.softirq) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` (VmRSS), 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    return 0
+
+
+def bpf_map_memory(pid: int) -> tuple[int, int]:
+    """(maps, bytes): BPF maps ``pid`` holds open and their ``memlock`` sum, each map once.
+
+    Read from /proc/PID/fdinfo, which the kernel fills with ``map_id`` and ``memlock`` for
+    every map fd (the same figure ``bpftool map show`` prints as memlock).
+    """
+    seen: dict[int, int] = {}
+    fd_dir = Path(f"/proc/{pid}/fdinfo")
+    for info in fd_dir.iterdir():
+        try:
+            text = info.read_text()
+        except OSError:
+            continue
+        if "map_id:" not in text:
+            continue
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        try:
+            seen[int(fields["map_id"])] = int(fields.get("memlock", "0"))
+        except (KeyError, ValueError):
+            continue
+    return len(seen), sum(seen.values())
+
+
+def machine() -> dict[str, object]:
+    """nproc, kernel, CPU model, load average and memory: the machine the run was on."""
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    return {"nproc": os.cpu_count(), "kernel": platform.release(), "cpu_model": model,
+            "mem_total_mb": mem_kb // 1024, "loadavg": list(os.getloadavg())}
+
+
+def version_of(argv: list[str]) -> str:
+    """First line a tool prints about its version (nginx and wrk print to stderr)."""
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    text = (p.stdout + p.stderr).strip().splitlines()
+    return text[0] if text else "unknown"
+
+
+def pin_to_cpu(pid: int, cpu: str) -> None:
+    """Pin every thread of ``pid`` (a process we started) to ``cpu``."""
+    subprocess.run(["taskset", "-a", "-p", "-c", cpu, str(pid)], check=True,
+                   capture_output=True)

@@ -1,0 +1,330 @@
+"""`sockmesh bench`: sockmesh against a direct connection and Envoy, on this machine.
+
+Scenarios in one run (details in integration/bench/ and docs/benchmarks.md): direct, the
+sockmesh kernel path, the sockmesh slow path, Envoy as one hop, an Envoy sidecar pair; then
+control-plane figures and memory with an Istio-sized config.  Writes ``bench.json`` and PNG
+plots to ``--out``, prints ratios against direct and against Envoy and every target as
+MET/MISSED.  ``--docs``/``--readme`` regenerate docs/benchmarks.md and the README's summary
+from the JSON (``--from-json`` does only that, from an earlier run).
+
+Safety: the datapath is attached only to a child cgroup created here
+(``sockmesh-bench-<pid>``), holding only the wrk processes of the sockmesh scenarios; all
+traffic is on 127.0.0.0/8; every load run is bounded by wrk's ``-d`` and a timeout; what was
+started is stopped by PID, programs detached, pins and cgroups removed, also on failure,
+Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import integration
+from integration import cgroups
+from integration.agent import fast_path_share
+from integration.preflight import BPFFS, missing_for_datapath
+
+PREFIX = "sockmesh-bench"
+PKG_ROOT = str(Path(integration.__file__).resolve().parents[1])
+CLIENT_CPU, SERVER_CPU = "1", "0"
+N_BACKENDS = 3
+CONNECTIONS = 8
+PACE_MS = 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the subcommand's options."""
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: short runs, one round, fewer control-plane updates "
+                             "(well under 3 minutes)")
+    parser.add_argument("--out", type=Path, default=Path("sockmesh-bench"),
+                        help="directory for bench.json and the plots (./sockmesh-bench)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds per scenario, interleaved (full 3, quick 1)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="seconds per saturation run (full 8, quick 2)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the Istio-sized memory comparison (agent vs Envoy)")
+    parser.add_argument("--docs", type=Path, default=None, metavar="FILE",
+                        help="write the benchmarks page (e.g. docs/benchmarks.md) from the "
+                             "results, with plots and JSON next to it")
+    parser.add_argument("--readme", type=Path, default=None, metavar="FILE",
+                        help="update the generated benchmark summary in FILE (README.md)")
+    parser.add_argument("--from-json", type=Path, default=None, metavar="FILE",
+                        help="do not measure: regenerate plots/docs from an earlier bench.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark (or regenerate its outputs); 0 when it completed."""
+    if args.from_json is not None:
+        results = json.loads(args.from_json.read_text())
+        return _publish(results, args)
+    missing = missing_for_datapath()
+    if missing:
+        print("sockmesh bench: cannot run the eBPF datapath here:\n  - "
+              + "\n  - ".join(missing), file=sys.stderr)
+        return 1
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            print(f"sockmesh bench: {tool} is not installed", file=sys.stderr)
+            return 1
+    bench = Bench(args)
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        results = bench.main()
+    except KeyboardInterrupt:
+        print("sockmesh bench: interrupted; cleaned up", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - reported with what was cleaned up
+        print(f"sockmesh bench: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    return _publish(results, args)
+
+
+def _publish(results: dict[str, Any], args: argparse.Namespace) -> int:
+    from integration.bench import report
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    if args.from_json is None or args.from_json.resolve() != (out / "bench.json").resolve():
+        (out / "bench.json").write_text(json.dumps(results, indent=1) + "\n")
+    plots = report.plots(results, out)
+    print()
+    print(report.text_table(results))
+    print(f"\nresults: {out / 'bench.json'}; plots: {', '.join(p.name for p in plots)}")
+    if args.docs is not None:
+        assets = args.docs.parent / "benchmarks"
+        assets.mkdir(parents=True, exist_ok=True)
+        for p in plots:
+            shutil.copyfile(p, assets / p.name)
+        (assets / "bench.json").write_text(json.dumps(results, indent=1) + "\n")
+        args.docs.write_text(report.docs_page(results, "benchmarks", "benchmarks/bench.json"))
+        print(f"wrote {args.docs} and {assets}/")
+    if args.readme is not None:
+        report.update_readme(args.readme, results)
+        print(f"updated the benchmark summary in {args.readme}")
+    return 0
+
+
+def _median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+class Bench:
+    """One benchmark run; ``main()`` always cleans up what it started."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.quick = bool(args.quick)
+        self.rounds = args.rounds or (1 if self.quick else 3)
+        self.sat_s = args.seconds or (2.0 if self.quick else 8.0)
+        self.low_s = 2.0 if self.quick else 5.0
+        self.warm_s = 1.0
+        self.endpoint_changes = 10 if self.quick else 100
+        self.route_updates = 100 if self.quick else 1000
+        self.budget_s = 10.0 if self.quick else 60.0  # per control-plane series
+        self.t0 = time.monotonic()
+        self.notes: list[str] = []
+
+    def say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.t0:6.1f}s] {text}", flush=True)
+
+    def main(self) -> dict[str, Any]:
+        from bpf.datapath import Datapath
+        from integration.bench import control, nginx, proxies
+        from integration.bench.load import run_wrk, wrk_binary
+        from integration.bench.scenarios import KERNEL_VIP, SLOW_VIP, bench_tables
+        from integration.bench.system import (
+            CpuSample,
+            bpf_map_memory,
+            machine,
+            pin_to_cpu,
+            rss_bytes,
+            version_of,
+        )
+        from tests.support.envoy import EnvoyProcess
+
+        started = dt.datetime.now(dt.UTC)
+        results: dict[str, Any] = {
+            "version": 1, "date": started.isoformat(timespec="seconds"), "quick": self.quick,
+            "machine": machine(),
+            "method": {"backends": N_BACKENDS, "connections": CONNECTIONS,
+                       "saturation_s": self.sat_s, "low_rate_s": self.low_s,
+                       "warmup_s": self.warm_s, "rounds": self.rounds, "pace_ms": PACE_MS,
+                       "pace_rps": 1000 // PACE_MS, "client_cpu": CLIENT_CPU,
+                       "server_cpu": SERVER_CPU,
+                       "low_rate_client": "wrk + Lua delay() pacing, 1 connection"},
+            "scenarios": {}, "memory": {}, "notes": self.notes,
+        }
+        self.say(f"sockmesh bench ({'quick' if self.quick else 'full'}): load average "
+                 f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+        for path in cgroups.sweep(PREFIX):
+            self.say(f"removed leftover {path} of an earlier run")
+        work = Path(tempfile.mkdtemp(prefix="sockmesh-bench-"))
+        cg: Path | None = None
+        dp: Datapath | None = None
+        backends: list[nginx.Nginx] = []
+        envoys: list[EnvoyProcess] = []
+        try:
+            cg = cgroups.create(PREFIX)
+            for i in range(N_BACKENDS):
+                backends.append(nginx.start(work / "nginx", f"nginx-{i + 1}", SERVER_CPU))
+            eps = [("127.0.0.1", b.port) for b in backends]
+            self.say(f"{N_BACKENDS} nginx backends on 127.0.0.1:"
+                     + ",".join(str(b.port) for b in backends) + f" (CPU {SERVER_CPU})")
+            envoy_bin = None
+            results["tools"] = {"nginx": version_of([nginx.nginx_binary(), "-v"]),
+                                "wrk": version_of([wrk_binary(), "-v"])}
+
+            dp = Datapath(cg, BPFFS / cg.name, warm=CONNECTIONS)
+            dp.load()
+            dp.apply(bench_tables(eps))
+            self.say(f"datapath attached to {cg} (pins {BPFFS / cg.name})")
+
+            hop = EnvoyProcess(proxies.hop(eps), work / "envoy-hop")
+            envoys.append(hop)
+            server_sc = EnvoyProcess(proxies.hop(eps), work / "envoy-server-sidecar")
+            envoys.append(server_sc)
+            for e in (hop, server_sc):
+                e.start()
+                assert e.pid is not None
+                pin_to_cpu(e.pid, SERVER_CPU)
+            sport = server_sc.listener_port(proxies.LISTENER)
+            client_sc = EnvoyProcess(proxies.hop([("127.0.0.1", int(sport or 0))],
+                                                 "server-sidecar"),
+                                     work / "envoy-client-sidecar")
+            envoys.append(client_sc)
+            client_sc.start()
+            assert client_sc.pid is not None
+            pin_to_cpu(client_sc.pid, CLIENT_CPU)
+            envoy_bin = str(hop.binary)
+            results["tools"]["envoy"] = version_of([envoy_bin, "--version"]).split(
+                "version:")[-1].strip()
+            self.say("Envoy one hop and a sidecar pair (client-side and server-side) ready")
+
+            def in_cgroup(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+                assert cg is not None
+                return cgroups.spawn_in(argv, cg, **kw)
+
+            urls = {
+                "direct": (f"http://127.0.0.1:{eps[0][1]}/", None),
+                "kernel": (f"http://{KERNEL_VIP[0]}:{KERNEL_VIP[1]}/", in_cgroup),
+                "slow": (f"http://{SLOW_VIP[0]}:{SLOW_VIP[1]}/", in_cgroup),
+                "envoy": (f"http://127.0.0.1:{hop.listener_port(proxies.LISTENER)}/", None),
+                "sidecars": (f"http://127.0.0.1:{client_sc.listener_port(proxies.LISTENER)}/",
+                             None),
+            }
+            rounds: dict[str, list[dict[str, Any]]] = {k: [] for k in urls}
+            n_runs = self.rounds * len(urls)
+            k = 0
+            for rnd in range(self.rounds):
+                for name, (url, spawn) in urls.items():
+                    k += 1
+                    self.say(f"[{k}/{n_runs}] round {rnd + 1}: {name}: warm-up, "
+                             f"{self.sat_s:g} s at {CONNECTIONS} connections, "
+                             f"{self.low_s:g} s paced")
+                    run_wrk(url, connections=CONNECTIONS, seconds=self.warm_s,
+                            cpu=CLIENT_CPU, spawn=spawn)
+                    before = dp.counters()
+                    c0 = CpuSample.now()
+                    sat = run_wrk(url, connections=CONNECTIONS, seconds=self.sat_s,
+                                  cpu=CLIENT_CPU, spawn=spawn)
+                    c1 = CpuSample.now()
+                    after = dp.counters()
+                    low = run_wrk(url, connections=1, seconds=self.low_s, cpu=CLIENT_CPU,
+                                  spawn=spawn, pace_ms=PACE_MS, workdir=work)
+                    delta = {c: after[c] - before.get(c, 0) for c in after}
+                    cpu_s = c1.busy_seconds_since(c0)
+                    rec = {"saturation": sat.to_json(), "low_rate": low.to_json(),
+                           "cpu_s": cpu_s, "softirq_s": c1.softirq_seconds_since(c0),
+                           "cpu_s_per_10k": cpu_s / max(sat.requests, 1) * 1e4,
+                           "fast_share": fast_path_share(delta) if spawn else None,
+                           "counters": {c: v for c, v in delta.items() if v}}
+                    if sat.errors or low.errors:
+                        self.notes.append(f"{name} round {rnd + 1}: wrk saw "
+                                          f"{sat.errors + low.errors} errors")
+                    rounds[name].append(rec)
+                    self.say(f"    {sat.rps:,.0f} req/s, p50 {sat.p50_us:.0f} us; paced p50 "
+                             f"{low.p50_us:.1f} us p99 {low.p99_us:.1f} us; "
+                             f"{rec['cpu_s_per_10k']:.3f} CPU s/10k"
+                             + (f"; kernel share {rec['fast_share']:.1%}"
+                                if rec["fast_share"] is not None else ""))
+            for name, recs in rounds.items():
+                results["scenarios"][name] = _aggregate(recs)
+
+            n_maps, map_bytes = bpf_map_memory(os.getpid())
+            results["memory"] = {
+                "envoy_hop_rss": rss_bytes(hop.pid or 0),
+                "envoy_sidecar_pair_rss": [rss_bytes(client_sc.pid or 0),
+                                           rss_bytes(server_sc.pid or 0)],
+                "bench_bpf_maps": n_maps, "bench_bpf_map_bytes": map_bytes}
+            for e in envoys:
+                e.stop()
+            envoys = []
+
+            self.say(f"control plane: {self.route_updates} route updates, benchmark tables")
+            small = control.route_updates_small(dp, eps, self.route_updates, self.say)
+            self.say("control plane: generating the Istio-sized snapshot")
+            rs = control.istio_snapshot()
+            results["control"] = control.kernel_figures(
+                dp, rs, eps, self.endpoint_changes, self.route_updates, self.budget_s,
+                self.say)
+            results["control"]["route_updates_small"] = small
+            dp.close()
+            dp = None
+            if not self.args.no_memory:
+                results["memory"]["istio"] = control.memory_figures(
+                    control.istio_snapshot(), work, PKG_ROOT, self.say)
+        finally:
+            for e in envoys:
+                e.stop()
+            if dp is not None:
+                dp.close()
+            for b in backends:
+                b.stop()
+            if cg is not None:
+                pin = BPFFS / cg.name
+                if pin.exists():
+                    shutil.rmtree(pin, ignore_errors=True)
+                try:
+                    cgroups.remove(cg)
+                except OSError as exc:
+                    print(f"sockmesh bench: could not remove {cg}: {exc}", file=sys.stderr)
+            shutil.rmtree(work, ignore_errors=True)
+        results["duration_s"] = time.monotonic() - self.t0
+        results["loadavg_end"] = list(os.getloadavg())
+        self.say(f"done in {results['duration_s']:.0f} s; load average "
+                 f"{results['loadavg_end'][0]:.2f}")
+        return results
+
+
+def _aggregate(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median over rounds of every figure; the rounds kept as they were."""
+    def med(part: str) -> dict[str, Any]:
+        keys = recs[0][part].keys()
+        return {k: _median([r[part][k] for r in recs]) for k in keys}
+
+    shares = [r["fast_share"] for r in recs if r["fast_share"] is not None]
+    return {"saturation": med("saturation"), "low_rate": med("low_rate"),
+            "cpu_s_per_10k": _median([r["cpu_s_per_10k"] for r in recs]),
+            "softirq_s_per_10k": _median([r["softirq_s"] / max(r["saturation"]["requests"], 1)
+                                          * 1e4 for r in recs]),
+            "fast_share": _median(shares) if shares else None, "rounds": recs}
