@@ -367,13 +367,17 @@ def _rule_matches(rule: Rule, view: _View) -> bool:
 
 
 def rule_matches(table: RouteTable, rule: Rule, request: Request) -> bool:
-    """Whether one rule's conditions all hold for ``request``."""
-    return _rule_matches(rule, _View(request, table))
+    """Whether one rule's conditions all hold for ``request`` (as Envoy's router sees it)."""
+    return _rule_matches(rule, _View(normalize(request), table))
 
 
 def last_match(table: RouteTable, vh: VirtualHost, request: Request) -> int | None:
     """Index of the last matching rule of ``vh`` (the kernel's walk), or None."""
-    view = _View(request, table)
+    return _last_match(table, vh, normalize(request))
+
+
+def _last_match(table: RouteTable, vh: VirtualHost, prepared: Request) -> int | None:
+    view = _View(prepared, table)
     found = None
     for i, rule in enumerate(vh.rules):
         if _rule_matches(rule, view):
@@ -548,5 +552,5 @@ def route(table: RouteTable, request: Request,
     """
     request = normalize(request)
     vh = select_virtual_host(table, request.authority)
-    index = last_match(table, vh, request) if vh is not None else None
+    index = _last_match(table, vh, request) if vh is not None else None
     return decide(table, vh, index, request, clusters)
