@@ -63,6 +63,13 @@ SEEDS = tuple(range(int(_first), int(_last or _first) + 1))
 GAP_SEEDS_BASE = 100
 EXTRA_SEEDS = int(os.environ.get("SOCKMESH_DIFF_EXTRA_SEEDS", "3"))  # configs per extra
 MIN_REQUESTS = 2000
+# Seeds found by wide sweeps where explain and Envoy still differ (strict xfail each, so the
+# fix shows); the reason is what Envoy was seen to do.
+KNOWN_DISAGREEMENTS = {
+    90: "redirect prefix_rewrite with ignore_path_parameters_in_path_matching and ';p=1' "
+        "inside the matched prefix: Envoy leaves the path as sent, the model rewrites it",
+    149: "same as seed 90 (case-insensitive prefix)",
+}
 SPLIT_SAMPLES = 400
 SPLIT_ROUTES = 3
 ISTIO_DIR = istio_testdata()  # None when shared/testdata/istio is not next to the repository
@@ -157,6 +164,8 @@ def send_all(port: int, requests: list[GeneratedRequest], first_id: int) -> None
 def generated() -> list[tuple[str, GeneratedConfig]]:
     """(suite key, config): the main seeds, then each wire-level extra on its own seeds."""
     out = [(f"seed{seed}", generate(seed)) for seed in SEEDS]
+    out += [(f"known-seed{seed}", generate(seed)) for seed in sorted(KNOWN_DISAGREEMENTS)
+            if seed not in SEEDS]
     for i, extra in enumerate(sorted(EXTRAS)):
         # distinct seeds per extra: route config names (which carry the seed) stay unique
         first = GAP_SEEDS_BASE + 1000 * i
@@ -280,7 +289,7 @@ def run(generated: list[tuple[str, GeneratedConfig]], workdir: Path) -> Iterator
     clusters |= complete_clusters
     for s in suites + [s for s, _ in as_is]:
         s.ours = explain_batch(s.dump_path, s.route_config, s.requests, workdir,
-                               subprocess_cli=not s.key.startswith("extra-"))
+                               subprocess_cli=s.key.startswith(("seed", "istio")))
     # Weighted split: one probe per config whose request explain puts on its weighted route
     split_jobs: list[tuple[str, WeightedProbe, dict[str, Any]]] = []
     for key, g in generated:
@@ -370,6 +379,17 @@ def test_wire_level_extras_agree_with_envoy(run: Run, extra: str) -> None:
 
 def test_every_generator_extra_is_described() -> None:
     assert set(EXTRA_BEHAVIOUR) == set(EXTRAS)
+
+
+@pytest.mark.parametrize("seed", [
+    pytest.param(seed, marks=pytest.mark.xfail(strict=True, reason=why))
+    for seed, why in sorted(KNOWN_DISAGREEMENTS.items())])
+def test_known_disagreements(run: Run, seed: int) -> None:
+    """Seeds a wide sweep found disagreeing; 100% once the cause is fixed."""
+    total, bad = _report([s for s in run.suites if s.key.endswith(f"seed{seed}")
+                          and s.key.startswith(("seed", "known-"))])
+    assert total > 0
+    assert not bad, "\n".join(bad)
 
 
 def test_generated_requests_cover_every_action(run: Run) -> None:
@@ -468,7 +488,8 @@ def _explain_by_port(run: Run, dump: dict[str, Any], workdir: Path) -> None:
     path = workdir / "envoy-own-dump.json"
     path.write_text(json.dumps(dump))
     total, bad = 0, []
-    for n, s in enumerate(s for s in run.suites if s.key in run.ports):
+    for n, s in enumerate(s for s in run.suites
+                          if s.key in run.ports and not s.key.startswith("known-")):
         reqs = workdir / f"by-port-{s.key}.jsonl"
         reqs.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in s.requests))
         argv = ["explain", "--config-dump", str(path), "--port", str(run.ports[s.key]),
