@@ -5,8 +5,9 @@ slot: connect, put the socket into sm_poolsocks_v1 (where the sk_skb verdict run
 record its local address in sm_poolports_v1, mark the slot IDLE, then raise the endpoint's
 count in sm_eppool_v1 so sk_msg starts claiming it.  ``maintain()`` (run by a background
 thread, and directly after each table change) warms new endpoints, replaces connections the
-backend closed (sk_skb marks them DEAD on the FIN), grows a pool when sk_msg found no idle
-connection (sm_epmiss_v1), and closes pools of endpoints that left the tables.
+backend closed (sk_skb marks them DEAD on a bare FIN; a poll for RDHUP catches a FIN that came
+with data), grows a pool when sk_msg found no idle connection (sm_epmiss_v1), and closes pools
+of endpoints that left the tables.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from __future__ import annotations
 import contextlib
 import ctypes as C
 import logging
+import select
 import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bpf import layout as L
@@ -31,8 +33,10 @@ U32, U64 = C.c_uint32, C.c_uint64
 PER_EP = limit("POOL_PER_ENDPOINT")
 IDLE, BUSY, DEAD, EMPTY = (limit("SLOT_IDLE"), limit("SLOT_BUSY"), limit("SLOT_DEAD"),
                            limit("SLOT_EMPTY"))
+RF_LOST = limit("RF_LOST")
 CONNECT_TIMEOUT = 1.0
 RETRY_AFTER = 0.2  # seconds before connecting again to an endpoint that refused
+LOST_GRACE = 0.2  # a closed pooled connection still busy this long lost its request
 
 
 class Pools:
@@ -47,6 +51,10 @@ class Pools:
         self.slots = PinnedMap(self.pin_dir / "sm_slots_v1", U32, L.Slot)
         self.eppool = PinnedMap(self.pin_dir / "sm_eppool_v1", U32, U32)
         self.epmiss = PinnedMap(self.pin_dir / "sm_epmiss_v1", U32, U64)
+        self.epactive = PinnedMap(self.pin_dir / "sm_epactive_v1", U32, U64)
+        self.on_lost: Callable[[L.SockKey], None] | None = None
+        self.lost = 0  # dispatched requests whose pooled connection closed under them
+        self._closed_busy: dict[int, float] = {}  # slot -> when it was first seen closed
         self.endpoints: dict[int, tuple[str, int]] = {}
         self.conns: dict[int, socket.socket] = {}  # slot id -> socket
         self._gen: dict[int, int] = {}
@@ -78,7 +86,7 @@ class Pools:
         with self._lock:
             for ep in list(self.endpoints):
                 self._drop_endpoint(ep)
-        for m in (self.socks, self.ports, self.slots, self.eppool, self.epmiss):
+        for m in (self.socks, self.ports, self.slots, self.eppool, self.epmiss, self.epactive):
             m.close()
 
     # ---- state ------------------------------------------------------------------------
@@ -110,9 +118,47 @@ class Pools:
         v = self.eppool.get(ep)
         return int(v.value) if v is not None else 0
 
+    def _reap_closed(self) -> None:
+        """Mark pooled connections the backend closed as dead.
+
+        sk_skb sees a FIN only when it arrives as its own zero-length skb; a FIN that rides
+        on the last data segment (a backend that answers and closes) is invisible to it, but
+        the socket's poll state says RDHUP.  A request the kernel already dispatched on such
+        a connection gets no answer: ``on_lost(client key)`` lets the agent answer 503."""
+        if not self.conns:
+            return
+        poller = select.poll()
+        by_fd = {}
+        for sid, sock in self.conns.items():
+            poller.register(sock.fileno(), select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+            by_fd[sock.fileno()] = sid
+        now = time.monotonic()
+        for fd, _ in poller.poll(0):
+            sid = by_fd[fd]
+            sl = self.slots.get(sid)
+            if sl is None or sl.state in (DEAD, EMPTY):
+                continue
+            busy = sl.state == BUSY
+            if busy:
+                # the response may still be on its way through sk_skb: give it a moment
+                first = self._closed_busy.setdefault(sid, now)
+                if now - first < LOST_GRACE:
+                    continue
+            self._closed_busy.pop(sid, None)
+            self.slots.set(sid, L.Slot(state=DEAD, ep_id=sl.ep_id, gen=sl.gen))
+            if busy:
+                # the kernel would have released it with the response; do it here
+                v = self.epactive.get(sl.ep_id)
+                if v is not None and v.value:
+                    self.epactive.set(sl.ep_id, U64(v.value - 1))
+                self.lost += 1
+                if self.on_lost is not None:
+                    self.on_lost(sl.client)
+
     def maintain(self) -> None:
-        """One pass: warm, replace dead, grow on misses."""
+        """One pass: reap closed, warm, replace dead, grow on misses."""
         with self._lock:
+            self._reap_closed()
             now = time.monotonic()
             for ep, addr in list(self.endpoints.items()):
                 if self._retry_at.get(ep, 0.0) > now:
@@ -124,6 +170,10 @@ class Pools:
                     if sl is not None and sl.state in (DEAD, EMPTY):
                         if sl.state == DEAD:
                             self.replaced += 1
+                            if sl.resp.flags & RF_LOST:  # sk_skb saw the FIN mid-response
+                                self.lost += 1
+                                if self.on_lost is not None:
+                                    self.on_lost(sl.client)
                         self._fill(ep, sid, addr)
                 miss = self.epmiss.get(ep)
                 misses = int(miss.value) if miss is not None else 0
@@ -151,6 +201,7 @@ class Pools:
 
     def _fill(self, ep: int, sid: int, addr: tuple[str, int]) -> bool:
         self._close_slot(sid)
+        self._closed_busy.pop(sid, None)
         self.slots.set(sid, L.Slot(state=EMPTY, ep_id=ep))
         try:
             s = socket.create_connection(addr, timeout=CONNECT_TIMEOUT)

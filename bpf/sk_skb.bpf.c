@@ -165,10 +165,12 @@ int sm_sk_skb(struct __sk_buff *skb)
 		return SK_PASS;
 	if (skb->len == 0) {
 		/* the backend closed this pooled connection: the agent replaces it */
-		if (sl->state == SM_SLOT_BUSY)
+		if (sl->state == SM_SLOT_BUSY) {
+			sl->resp.flags |= SM_RF_LOST; /* nobody else will answer this client */
 			sm_slot_release(sl, SM_SLOT_DEAD);
-		else
+		} else {
 			sl->state = SM_SLOT_DEAD;
+		}
 		sm_count(SM_R_POOL_FIN);
 		return SK_PASS;
 	}

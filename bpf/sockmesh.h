@@ -258,6 +258,7 @@ struct sm_resp {
 #define SM_RF_IN_CL 8      /* current header is content-length */
 #define SM_RF_IN_TE 16     /* current header is transfer-encoding */
 #define SM_RF_CSEXT 32     /* chunk extension: skip to end of line */
+#define SM_RF_LOST 64      /* the backend closed before the response: the agent answers 503 */
 
 struct sm_slot {
 	__u64 state;        /* SM_SLOT_*: claimed with a 64-bit cmpxchg */

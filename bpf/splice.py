@@ -17,6 +17,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from translator.tables import Tables
 log = logging.getLogger(__name__)
 
 HEAD_MAX = 64 * 1024
+PENDING_FAIL_S = 5.0  # how long a 503 waits for its connection to be accepted
 IO_TIMEOUT = 10.0
 METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE",
            b"CONNECT")
@@ -187,6 +189,8 @@ class SpliceListener:
         self.stats: Counter[str] = Counter()  # slow-path outcomes
         self._stats_lock = threading.Lock()
         self._conns: set[socket.socket] = set()
+        self._by_key: dict[tuple[int, int], socket.socket] = {}
+        self._pending_fail: dict[tuple[int, int], float] = {}  # key -> until when
         self._lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._accept, name="sockmesh-splice", daemon=True)
@@ -236,8 +240,28 @@ class SpliceListener:
             st.user = 0
             self.clients.set(key, st)
 
+    def fail_client(self, key: L.SockKey) -> None:
+        """Answer 503 on a connection whose dispatched request lost its pooled connection."""
+        k = (key.ip4, key.port)
+        with self._lock:
+            conn = self._by_key.get(k)
+            if conn is None:
+                # not accepted yet (the kernel routes before the accept thread runs)
+                self._pending_fail[k] = time.monotonic() + PENDING_FAIL_S
+                return
+        self._count("upstream_lost")
+        try:
+            conn.sendall(local_reply(503, body="upstream connection closed"))
+        except OSError:
+            pass
+
     def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         key = self._client_key(peer)
+        with self._lock:
+            self._by_key[(key.ip4, key.port)] = conn
+            pending = self._pending_fail.pop((key.ip4, key.port), 0.0)
+        if pending > time.monotonic():
+            self.fail_client(key)
         buf = bytearray()
         upstreams: dict[tuple[str, int], tuple[socket.socket, bytearray]] = {}
         try:
@@ -263,6 +287,8 @@ class SpliceListener:
                 s.close()
             with self._lock:
                 self._conns.discard(conn)
+                if self._by_key.get((key.ip4, key.port)) is conn:
+                    del self._by_key[(key.ip4, key.port)]
             conn.close()
 
     def _decide(self, req: ParsedRequest, st: L.Client | None) -> model.Decision | None:

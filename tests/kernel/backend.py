@@ -3,7 +3,7 @@
 Each answers with its name (header ``x-backend`` and body) and shapes the response by path:
 ``/status/N`` (204 and 304 without a body), ``/big/N`` (N-byte body), ``/chunked/N`` (N
 chunks), ``/slow/MS`` (answers after MS ms), ``/close`` (answers, then closes the
-connection).  Request bodies (Content-Length or chunked) are read and reported as
+connection), ``/hangup`` (closes without answering).  Request bodies (Content-Length or chunked) are read and reported as
 ``x-body-len`` and ``x-body-sha``.  Threads are daemons; ``close()`` stops the listener and
 closes every connection.
 """
@@ -108,6 +108,8 @@ class Backend:
                     self.requests += 1
                     self.hits[path] += 1
                     self.active += 1
+                if path.startswith("/hangup"):
+                    return  # close without answering (the finally closes)
                 try:
                     close = self._respond(conn, method, path, hdrs, body)
                 finally:

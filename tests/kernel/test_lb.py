@@ -112,12 +112,12 @@ def _parallel(client: Client, conns: int, per_conn: int) -> collections.Counter[
     return hits
 
 
-@pytest.mark.parametrize("weights,limit_share", [(None, 0.2), ([1, 1, 2], 0.3)],
+@pytest.mark.parametrize("weights,limit_share", [(None, 0.25), ([1, 1, 2], 0.4)],
                          ids=["p2c", "weighted"])
 def test_least_request_steers_away_from_slow_endpoint(mesh: Mesh, client: Client, backends,
                                                       warm_pools, weights, limit_share) -> None:
     f1, f2, slow = make_backends(backends, "f1", "f2", "slow")
-    slow.delay_s = 0.03
+    slow.delay_s = 0.1
     _apply(mesh, cluster("lr", [f1, f2, slow], policy=LbPolicy.LEAST_REQUEST, weights=weights))
     before = mesh.counters()
     hits = _parallel(client, 8, 12)
