@@ -65,3 +65,22 @@ def test_apply_writes_only_what_changed_and_dump_reads_it_back(mesh: Mesh, clien
         f"{VIP}:{PORT}", "rt", 1, "c1")
     eps = {e["addr"]: e for e in d["endpoints"]}
     assert eps[f"{b1.host}:{b1.port}"]["pool"].count("idle") >= 2
+
+
+def test_wildcard_service_and_specific_vip_precedence(mesh: Mesh, client: Client,
+                                                      backends) -> None:
+    """Istio's 0.0.0.0_PORT listeners: any VIP on the port, a specific VIP:port wins."""
+    from dataclasses import replace
+
+    b1, b2 = make_backends(backends, "b1", "b2")
+    t = http_tables("0.0.0.0", 8099, [vhost("any", ["*"], [rule("/", action=to("c1"))])],
+                    [cluster("c1", [b1]), cluster("c2", [b2])], rt_name="wild")
+    specific = http_tables("127.10.0.99", 8099, [vhost("one", ["*"], [rule("/", action=to("c2"))])],
+                           [], rt_name="one")
+    t = replace(t, services=t.services + specific.services,
+                route_tables={**t.route_tables, **specific.route_tables})
+    mesh.dp.apply(t)
+    for i, vip in enumerate(("127.10.0.97", "127.10.0.98", "127.10.0.99")):
+        client.connect(f"c{i}", vip, 8099)
+        r = client.request(f"c{i}", http("GET", "/", f"{vip}:8099"))
+        assert r["headers"]["x-backend"] == ("b2" if vip.endswith(".99") else "b1")
