@@ -203,7 +203,7 @@ def requests_from_file(path: Path, cfg: AbConfig) -> list[dict[str, Any]]:
         try:
             obj = json.loads(line)
             if not isinstance(obj, dict):
-                raise ValueError("expected a JSON object")
+                raise AbError(f"{path} line {lineno}: expected a JSON object")
             rc = obj.pop("route_config", None) or default
             if rc not in cfg.route_configs:
                 raise ValueError(f"unknown route_config {rc!r}; known: "
@@ -249,7 +249,8 @@ def header_requests(cfg: AbConfig) -> list[dict[str, Any]]:
                 else:
                     path = rule.path.value or "/"
                     req = Request(authority=host, path=path, headers=tuple(headers))
-                    out.append(_wire(rc, req, f"{rule.name or vh.name}: headers"))
+                    out.append(_wire(rc, req, f"{rule.name or vh.name} (headers): its header "
+                                              "conditions satisfied"))
     return out
 
 
@@ -328,7 +329,7 @@ def percentiles(xs: list[float]) -> dict[str, float]:
     s = sorted(xs)
 
     def at(p: float) -> float:
-        return s[min(len(s) - 1, max(0, int(round(p * len(s) + 0.5)) - 1))]
+        return s[min(len(s) - 1, max(0, round(p * len(s) + 0.5) - 1))]
 
     return {"n": len(s), "p50_us": at(0.5), "p90_us": at(0.9), "p99_us": at(0.99),
             "max_us": s[-1]}
@@ -546,8 +547,8 @@ def _env() -> dict[str, str]:
 def render_text(s: dict[str, Any], limit: int = 50) -> str:
     """The printed summary: counts, every disagreement (up to ``limit``), distributions,
     latency."""
-    lines = [f"requests: {s['requests']}, compared: {s['compared']}, agree: {s['agree']}, "
-             f"disagree: {s['disagree']} -> {'AGREE' if s['ok'] else 'DISAGREE'}"]
+    lines = [(f"requests: {s['requests']}, compared: {s['compared']}, agree: {s['agree']}, "
+             f"disagree: {s['disagree']} -> {'AGREE' if s['ok'] else 'DISAGREE'}")]
     for row in s["disagreements"][:limit]:
         r = row["request"]
         lines.append(f"  #{row['i']} {r['method']} {r['authority']}{r['path']} "
@@ -634,15 +635,15 @@ def write_report(out: Path, s: dict[str, Any]) -> Path:
     plt.close(fig)
 
     esc = html.escape
-    parts = ["<!doctype html><meta charset=utf-8><title>sockmesh ab</title>"
+    parts = [("<!doctype html><meta charset=utf-8><title>sockmesh ab</title>"
              "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
              "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}"
-             "table{border-collapse:collapse}.bad{color:#b00}.good{color:#070}</style>",
+             "table{border-collapse:collapse}.bad{color:#b00}.good{color:#070}</style>"),
              "<h1>sockmesh A/B against Envoy</h1>",
-             f"<p class={'good' if s['ok'] else 'bad'}><b>{'AGREE' if s['ok'] else 'DISAGREE'}"
+             (f"<p class={'good' if s['ok'] else 'bad'}><b>{'AGREE' if s['ok'] else 'DISAGREE'}"
              f"</b>: {s['agree']} of {s['compared']} requests agree on status, route, "
              f"cluster and Location ({s['requests']} sent); route configs: "
-             f"{esc(', '.join(s['route_configs']))}.</p>"]
+             f"{esc(', '.join(s['route_configs']))}.</p>")]
     lat = s["latency"]
     parts.append("<h2>Latency</h2><table><tr><th>side<th>p50 us<th>p90 us<th>p99 us<th>n")
     for side in ("envoy", "sockmesh"):
