@@ -17,7 +17,7 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from integration import ab
 from integration.preflight import BPFFS, CGROUP2_ROOT
 from tests.support.routegen import istio_testdata
 from translator.resources import parse_config_dump
+from translator.tables import Tables
 
 ROOT = Path(__file__).resolve().parents[2]
 SOCKMESH = [sys.executable, "-m", "integration.cli"]
@@ -121,7 +122,7 @@ def test_wrong_endpoints_are_reported_as_disagreements(demo_xds_server: int,
     cfg = ab.map_config(rs)
     real = cfg.sockmesh_tables
 
-    def tampered(ports):  # noqa: ANN001, ANN202 - same signature as the method it replaces
+    def tampered(ports: Mapping[str, int]) -> Tables:
         t = real(ports)
         clusters = dict(t.clusters)
         clusters["details"] = replace(clusters["details"],

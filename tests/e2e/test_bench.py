@@ -1,0 +1,112 @@
+"""`sockmesh bench --quick` as CI runs it: it must finish in a bounded time and leave valid
+JSON and plots; the docs page and README section are generated from that JSON.
+
+The checks are about the run being real and complete, not about the speed targets (those
+are printed MET/MISSED by the benchmark itself, on a shared machine): every scenario served
+requests without errors, the kernel scenario was routed in the kernel and the slow-path
+scenario was not, every target was evaluated, the control-plane and memory figures exist.
+~100 s on 2 busy cores (the quick run itself; the bound is 180 s).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from integration.bench import report
+from integration.preflight import BPFFS, CGROUP2_ROOT
+
+ROOT = Path(__file__).resolve().parents[2]
+SOCKMESH = [sys.executable, "-m", "integration.cli"]
+QUICK_BOUND_S = 180.0
+SCENARIOS = {"direct", "kernel", "slow", "envoy", "sidecars"}
+
+
+def _leftovers() -> set[str]:
+    return {p.name for base in (CGROUP2_ROOT, BPFFS) for p in base.glob("sockmesh-bench-*")}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, float]:
+    out = tmp_path_factory.mktemp("bench")
+    before = _leftovers()
+    t0 = time.monotonic()
+    proc = subprocess.run(SOCKMESH + ["bench", "--quick", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=QUICK_BOUND_S + 60,
+                          check=False)
+    elapsed = time.monotonic() - t0
+    print(proc.stdout[-6000:], proc.stderr[-3000:])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _leftovers() <= before, "cgroup or pin dir left behind"
+    return out, proc.stdout, elapsed
+
+
+@pytest.mark.kernel
+@pytest.mark.envoy
+def test_quick_run_is_bounded_and_complete(quick_run: tuple[Path, str, float]) -> None:
+    out, stdout, elapsed = quick_run
+    assert elapsed < QUICK_BOUND_S, f"--quick took {elapsed:.0f} s"
+    r: dict[str, Any] = json.loads((out / "bench.json").read_text())
+    assert r["quick"] and set(r["scenarios"]) == SCENARIOS
+    for name, s in r["scenarios"].items():
+        for part in ("saturation", "low_rate"):
+            w = s[part]
+            assert w["requests"] > 0 and w["rps"] > 0 and w["errors"] == 0, (name, part, w)
+            assert 0 < w["p50_us"] <= w["p90_us"] <= w["p99_us"], (name, part, w)
+        assert s["cpu_s_per_10k"] > 0, name
+    assert r["scenarios"]["kernel"]["fast_share"] > 0.9
+    assert r["scenarios"]["slow"]["fast_share"] < 0.1
+    assert r["scenarios"]["slow"]["rounds"][0]["counters"].get("route_user", 0) > 0
+    mem = r["memory"]
+    assert mem["envoy_hop_rss"] > 0 and mem["bench_bpf_map_bytes"] > 0
+    ist = mem["istio"]
+    assert ist["agent_rss"] > 0 and ist["bpf_map_bytes"] > 0 and ist["envoy_sidecar_rss"] > 0
+    ctl = r["control"]
+    assert ctl["snapshot"]["clusters"] > 3000 and ctl["snapshot_apply"]["map_writes"] > 0
+    assert ctl["endpoint_change"]["n"] > 0 and ctl["route_updates"]["n"] > 0
+    assert ctl["route_updates_small"]["n"] == 100
+    # every target evaluated and printed with its verdict
+    targets = report.targets(r)
+    assert len(targets) == 8 and all(t.met is not None for t in targets)
+    for t in targets:
+        assert f"{'MET' if t.met else 'MISSED'}" in stdout and t.name in stdout
+    for png in ("throughput.png", "latency.png", "cpu.png", "memory.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+
+
+@pytest.mark.kernel
+@pytest.mark.envoy
+def test_docs_and_readme_come_from_the_json(quick_run: tuple[Path, str, float],
+                                            tmp_path: Path) -> None:
+    out, _, _ = quick_run
+    r = json.loads((out / "bench.json").read_text())
+    readme = tmp_path / "README.md"
+    readme.write_text("# project\n\nintro stays\n")
+    docs = tmp_path / "docs" / "benchmarks.md"
+    docs.parent.mkdir()
+    for _ in range(2):  # a second run replaces the section instead of adding one
+        proc = subprocess.run(SOCKMESH + ["bench", "--from-json", str(out / "bench.json"),
+                                          "--out", str(tmp_path / "o"), "--docs", str(docs),
+                                          "--readme", str(readme)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              check=False)
+        assert proc.returncode == 0, proc.stderr
+    text = readme.read_text()
+    assert text.startswith("# project\n\nintro stays\n")
+    assert text.count(report.README_START) == 1 and text.count(report.README_END) == 1
+    page = docs.read_text()
+    kernel = r["scenarios"]["kernel"]["saturation"]["rps"]
+    for doc in (page, text):
+        assert f"| {report.LABELS['kernel']} | {kernel:,.0f} |" in doc
+    assert r["machine"]["cpu_model"] in page and r["date"] in page
+    for png in ("throughput.png", "latency.png", "cpu.png", "memory.png"):
+        assert f"benchmarks/{png}" in page
+        assert (docs.parent / "benchmarks" / png).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((docs.parent / "benchmarks" / "bench.json").read_text()) == r
