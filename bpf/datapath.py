@@ -65,6 +65,7 @@ class Datapath:
         self.splice.start()
         self.loader.set_splice(*self.splice.addr)
         self.pools = Pools(self.pin_dir, warm=self.warm)
+        self.pools.on_lost = self.splice.fail_client
         self.pools.start()
 
     def _active_of(self, ep: Endpoint) -> int:
@@ -174,7 +175,7 @@ def dump(pin_dir: Path, encoder: Encoder | None = None) -> dict[str, Any]:
     m.close()
     hosts.close()
     out["clusters"] = clusters
-    m = opened("sm_clients_v1", L.SockKey, L.Client)
+    m = opened("sm_clients_v2", L.SockKey, L.Client)
     out["clients"] = [
         {"client": f"{ip_str(k.ip4)}:{k.port}", "service": f"{ip_str(v.vip)}:{_port(v.port)}",
          "route_table": names("rt", v.rt_id), "user": v.user, "requests": v.requests,

@@ -26,4 +26,6 @@ WELL_KNOWN: dict[str, bytes] = {
     "HTTP11": b"HTTP/1.1",
     "HEAD": b"HEAD",
     "SCHEME_HTTP": b"http",
+    "CONNECTION": b"connection",
+    "CLOSE": b"close",
 }

@@ -26,14 +26,6 @@ class OrigDst(C.Structure):
     _fields_ = [("vip", u32), ("port", u16), ("pad", u16), ("rt_id", u32), ("pad2", u32)]
 
 
-class Client(C.Structure):
-    _fields_ = [
-        ("vip", u32), ("port", u16), ("pad", u16), ("rt_id", u32), ("user", u32),
-        ("body_left", u64), ("body_slot", u32), ("last_rule", u32), ("last_cluster", u32),
-        ("requests", u32),
-    ]
-
-
 class RouteTable(C.Structure):
     _fields_ = [
         ("flags", u32), ("default_vh", u32), ("suffix_lens", u64 * 2), ("prefix_lens", u64 * 2),
@@ -86,6 +78,14 @@ class Resp(C.Structure):
     _fields_ = [
         ("left", u64), ("hash", u64), ("phase", u32), ("line", u32), ("status", u32),
         ("flags", u32), ("off", u32), ("passes", u32),
+    ]
+
+
+class Client(C.Structure):
+    _fields_ = [
+        ("vip", u32), ("port", u16), ("pad", u16), ("rt_id", u32), ("user", u32),
+        ("body_left", u64), ("body_slot", u32), ("last_rule", u32), ("last_cluster", u32),
+        ("requests", u32), ("body_chunked", u32), ("pad2", u32), ("chunk", Resp),
     ]
 
 

@@ -9,11 +9,12 @@
  *
  * Five programs, chained by tail calls through sm_msgprogs_v1: sm_sk_msg (attached: body
  * continuation, copy of the head) -> sm_msg_parse (SM_PARSE_STEP bytes per pass, calls
- * itself) -> sm_msg_route (virtual host) -> sm_msg_rules (rules, cluster) -> sm_msg_dispatch (endpoint by LB
+ * itself) [-> sm_msg_chunks for a chunked body] -> sm_msg_route (virtual host) -> sm_msg_rules (rules, cluster) -> sm_msg_dispatch (endpoint by LB
  * policy, claim a pooled connection, redirect).
  */
 #include "sockmesh.h"
 #include "http_parse.h"
+#include "http_frame.h"
 #include "route.h"
 #include "lb.h"
 
@@ -60,7 +61,7 @@ static __always_inline struct sm_client *sm_msg_client(struct sk_msg_md *msg,
 {
 	key->ip4 = msg->local_ip4;
 	key->port = msg->local_port;
-	return sm_clients_v1.lookup(key);
+	return sm_clients_v2.lookup(key);
 }
 
 int sm_sk_msg(struct sk_msg_md *msg)
@@ -75,6 +76,21 @@ int sm_sk_msg(struct sk_msg_md *msg)
 	}
 	__u32 size = msg->size;
 
+	__u32 zero = 0;
+	struct sm_scratch *s = sm_scratch_v1.lookup(&zero);
+	if (!s)
+		return SK_PASS;
+
+	/* chunked body of a request already dispatched: frame it, same pooled connection */
+	if (cl->body_chunked) {
+		s->p.owner = bpf_get_current_pid_tgid();
+		s->p.coff = 0;
+		s->p.cpasses = 0;
+		s->p.cmode = 1;
+		sm_msgprogs_v1.call(msg, SM_TAIL_CHUNKS);
+		return SK_DROP; /* cannot happen: the program array is filled before attach */
+	}
+
 	/* body of a request already dispatched: same pooled connection */
 	if (cl->body_left) {
 		__u32 sid = cl->body_slot;
@@ -88,10 +104,6 @@ int sm_sk_msg(struct sk_msg_md *msg)
 		return sm_poolsocks_v1.msg_redirect_hash(msg, &sid, 0);
 	}
 
-	__u32 zero = 0;
-	struct sm_scratch *s = sm_scratch_v1.lookup(&zero);
-	if (!s)
-		return SK_PASS;
 	__u32 n = size;
 	if (n > SM_REQ_BUF)
 		n = SM_REQ_BUF;
@@ -154,8 +166,103 @@ int sm_msg_parse(struct sk_msg_md *msg)
 		sm_count(SM_R_CORKED);
 		return SK_PASS;
 	}
+	if (s->p.chunked) {
+		/* RFC 9112: only "chunked" is framed here, and never together with a length */
+		if (s->p.chunked != 1 || s->p.has_cl)
+			return sm_to_user(cl, SM_R_CHUNKED_REQ);
+		__builtin_memset(&cl->chunk, 0, sizeof(cl->chunk));
+		cl->chunk.phase = SM_P_CSIZE;
+		s->p.coff = s->p.end;
+		s->p.cpasses = 0;
+		s->p.cmode = 0;
+		sm_msgprogs_v1.call(msg, SM_TAIL_CHUNKS);
+		return sm_to_user(cl, SM_R_LIMIT);
+	}
 	sm_msgprogs_v1.call(msg, SM_TAIL_ROUTE);
 	return sm_to_user(cl, SM_R_LIMIT);
+}
+
+/* Frames a chunked request body: in the first message from the end of the head (then
+ * routes), in later messages from their start (then forwards to the same connection). */
+int sm_msg_chunks(struct sk_msg_md *msg)
+{
+	struct sm_sock_key key = {};
+	struct sm_client *cl = sm_msg_client(msg, &key);
+	__u32 zero = 0;
+	struct sm_scratch *s = sm_scratch_v1.lookup(&zero);
+	if (!cl || !s)
+		return SK_PASS;
+	if (!sm_scratch_mine(s))
+		return sm_to_user(cl, SM_R_SCRATCH);
+	struct sm_resp *r = &cl->chunk;
+	__u32 size = msg->size;
+	volatile __u32 *offp = &s->p.coff, *wsp = &s->p.cwstart, *wlp = &s->p.cwlen;
+	*wlp = 0;
+	for (__u32 step = 0; step < SM_RESP_STEPS; step++) {
+		SM_OPAQUE(step);
+		__u32 off = *offp;
+		if (off >= size || r->phase == SM_P_DONE)
+			break;
+		if (r->phase == SM_P_CDATA) {
+			__u64 take = size - off;
+			if (take > r->left)
+				take = r->left;
+			*offp = off + take;
+			r->left -= take;
+			if (r->left == 0)
+				r->phase = SM_P_CCRLF;
+			continue;
+		}
+		__u32 wstart = *wsp, wlen = *wlp;
+		if (wlen == 0 || off < wstart || off >= wstart + wlen) {
+			wstart = off;
+			wlen = size - off;
+			if (wlen > SM_RESP_WIN)
+				wlen = SM_RESP_WIN;
+			if (bpf_msg_pull_data(msg, off, off + wlen, 0))
+				break;
+			void *data = (void *)(long)msg->data;
+			void *data_end = (void *)(long)msg->data_end;
+			SM_OPAQUE(wlen);
+			wlen &= 2 * SM_RESP_WIN - 1;
+			if (wlen < 1 || data + wlen > data_end ||
+			    bpf_probe_read_kernel(s->buf, wlen, data))
+				break;
+			*wsp = wstart;
+			*wlp = wlen;
+		}
+		sm_chunk_byte(r, s->buf[(off - wstart) & (SM_RESP_WIN - 1)]);
+		*offp = off + 1;
+	}
+	__u32 off = *offp;
+	if (off < size && r->phase != SM_P_DONE && s->p.cpasses < SM_RESP_PASSES) {
+		s->p.cpasses += 1;
+		sm_msgprogs_v1.call(msg, SM_TAIL_CHUNKS);
+	}
+	int done = r->phase == SM_P_DONE;
+	if (s->p.cmode == 0) {
+		/* first message: decide before anything is dispatched */
+		if (!done && off < size)
+			return sm_to_user(cl, SM_R_LIMIT); /* more chunk lines than the passes frame */
+		if (done && off < size)
+			return sm_to_user(cl, SM_R_PIPELINED);
+		s->p.cdone = done ? 1 : 2;
+		sm_msgprogs_v1.call(msg, SM_TAIL_ROUTE);
+		return sm_to_user(cl, SM_R_LIMIT);
+	}
+	/* continuation: the bytes belong to the request already on body_slot */
+	__u32 sid = cl->body_slot;
+	if (done) {
+		cl->body_chunked = 0;
+		if (off < size)
+			bpf_msg_apply_bytes(msg, off); /* the rest runs as a new request */
+	} else if (off < size) {
+		/* framing budget exhausted mid-message: forward, and stop framing this body */
+		cl->body_chunked = 0;
+		sm_count(SM_R_LIMIT);
+	}
+	sm_count(SM_R_BODY);
+	return sm_poolsocks_v1.msg_redirect_hash(msg, &sid, 0);
 }
 
 int sm_msg_route(struct sk_msg_md *msg)
@@ -169,9 +276,7 @@ int sm_msg_route(struct sk_msg_md *msg)
 	if (!sm_scratch_mine(s))
 		return sm_to_user(cl, SM_R_SCRATCH);
 	__u32 size = msg->size;
-	if (s->p.chunked)
-		return sm_to_user(cl, SM_R_CHUNKED_REQ);
-	__u64 total = (__u64)s->p.end + s->p.cl;
+	__u64 total = s->p.chunked ? size : (__u64)s->p.end + s->p.cl; /* chunked: framed above */
 	if (size > total)
 		return sm_to_user(cl, SM_R_PIPELINED);
 	sm_slot_set(s, SM_SLOT_SCHEME, SM_HASH_SCHEME_HTTP, 4);
@@ -234,7 +339,7 @@ int sm_msg_dispatch(struct sk_msg_md *msg)
 	if (!sm_scratch_mine(s))
 		return sm_to_user(cl, SM_R_SCRATCH);
 	__u32 size = msg->size;
-	__u64 total = (__u64)s->p.end + s->p.cl;
+	__u64 total = s->p.chunked ? size : (__u64)s->p.end + s->p.cl;
 	__u32 reason = SM_R_NO_HOST;
 	__u32 cluster_id = s->p.cluster_id;
 	__u32 ep_id = s->p.ep_id;
@@ -268,6 +373,10 @@ int sm_msg_dispatch(struct sk_msg_md *msg)
 		cl->body_left = total - size;
 		cl->body_slot = sid;
 	}
+	if (s->p.chunked && s->p.cdone == 2) {
+		cl->body_chunked = 1; /* later messages are framed by sm_msg_chunks */
+		cl->body_slot = sid;
+	}
 	if (!sm_scratch_mine(s)) {
 		if (active)
 			__sync_fetch_and_add(active, -1);
@@ -283,6 +392,7 @@ int sm_msg_dispatch(struct sk_msg_md *msg)
 			__sync_fetch_and_add(active, -1);
 		sl->state = SM_SLOT_DEAD;
 		cl->body_left = 0;
+		cl->body_chunked = 0;
 		return sm_to_user(cl, SM_R_POOL_EMPTY);
 	}
 	sm_count(SM_R_FAST);

@@ -106,7 +106,7 @@
 #define SM_R_ROUTE_USER 6              /* route action needs user space (needs_slow_path...) */
 #define SM_R_NO_ROUTE 7                /* no virtual host or no rule: local reply */
 #define SM_R_LIMIT 8                   /* a table limit was exceeded */
-#define SM_R_CHUNKED_REQ 9             /* chunked request body */
+#define SM_R_CHUNKED_REQ 9             /* Transfer-Encoding other than chunked, or with CL */
 #define SM_R_NO_HOST 10                /* cluster has no usable endpoint */
 #define SM_R_STICKY 11                 /* connection is in user-space mode (earlier hand-off) */
 #define SM_R_CORKED 12                 /* partial head: waiting for more bytes (not a hand-off) */
@@ -143,20 +143,6 @@ struct sm_orig_dst {
 	__u16 pad;
 	__u32 rt_id;
 	__u32 pad2;
-};
-
-/* per application socket; sockops creates it, sk_msg updates it, the slow path clears user */
-struct sm_client {
-	__u32 vip;          /* net: the service the application connected to */
-	__u16 port;         /* net */
-	__u16 pad;
-	__u32 rt_id;
-	__u32 user;         /* 1: bytes go to the agent's socket until the agent clears it */
-	__u64 body_left;    /* request body bytes still to forward to body_slot */
-	__u32 body_slot;
-	__u32 last_rule;    /* for tests and dump: global rule id and cluster of the last */
-	__u32 last_cluster; /* request routed in kernel (0 = none) */
-	__u32 requests;     /* requests routed in kernel on this connection */
 };
 
 #define SM_RT_IGNORE_PORT 1            /* ignore_port_in_host_matching */
@@ -259,6 +245,25 @@ struct sm_resp {
 #define SM_RF_IN_TE 16     /* current header is transfer-encoding */
 #define SM_RF_CSEXT 32     /* chunk extension: skip to end of line */
 #define SM_RF_LOST 64      /* the backend closed before the response: the agent answers 503 */
+#define SM_RF_IN_CONN 128  /* current header is connection */
+#define SM_RF_CLOSE 256    /* "connection: close": retire the pooled connection after it */
+
+/* per application socket; sockops creates it, sk_msg updates it, the slow path clears user */
+struct sm_client {
+	__u32 vip;          /* net: the service the application connected to */
+	__u16 port;         /* net */
+	__u16 pad;
+	__u32 rt_id;
+	__u32 user;         /* 1: bytes go to the agent's socket until the agent clears it */
+	__u64 body_left;    /* request body bytes still to forward to body_slot */
+	__u32 body_slot;
+	__u32 last_rule;    /* for tests and dump: global rule id and cluster of the last */
+	__u32 last_cluster; /* request routed in kernel (0 = none) */
+	__u32 requests;     /* requests routed in kernel on this connection */
+	__u32 body_chunked; /* 1: the request body in flight is chunked, framed by chunk */
+	__u32 pad2;
+	struct sm_resp chunk; /* chunk framing of that body (SM_P_CSIZE ... SM_P_DONE) */
+};
 
 struct sm_slot {
 	__u64 state;        /* SM_SLOT_*: claimed with a 64-bit cmpxchg */
@@ -315,6 +320,12 @@ struct sm_parse {
 	/* the task that owns this CPU's scratch: a preemptible kernel could run another task's
 	 * sk_msg on this CPU between two passes; every pass checks before it trusts the data */
 	__u64 owner;
+	__u32 coff;         /* chunked request body: scan position in the message */
+	__u32 cpasses;
+	__u32 cmode;        /* 0: first message (head + body start), 1: body continuation */
+	__u32 cdone;        /* first message: 1 body complete in it, 2 body continues */
+	__u32 cwstart;      /* window of message bytes in buf (loop state kept in memory so */
+	__u32 cwlen;        /* the verifier does not track every value of it) */
 };
 
 #define SM_S_METHOD 0
@@ -383,8 +394,8 @@ BPF_TABLE_PINNED("hash", struct sm_svc_key, struct sm_service, sm_services_v1, S
 BPF_TABLE_PINNED("lru_hash", __u64, struct sm_orig_dst, sm_origdst_v1, SM_MAX_CLIENTS,
 		 SM_PIN(sm_origdst_v1));
 /* client sock key -> per-connection state.  Writers: sockops (create), sk_msg, agent (user). */
-BPF_TABLE_PINNED("lru_hash", struct sm_sock_key, struct sm_client, sm_clients_v1, SM_MAX_CLIENTS,
-		 SM_PIN(sm_clients_v1));
+BPF_TABLE_PINNED("lru_hash", struct sm_sock_key, struct sm_client, sm_clients_v2, SM_MAX_CLIENTS,
+		 SM_PIN(sm_clients_v2));
 /* route table id -> host-matching summary.  Writer: encoder. */
 BPF_TABLE_PINNED("array", __u32, struct sm_route_table, sm_rtables_v1, SM_MAX_ROUTE_TABLES,
 		 SM_PIN(sm_rtables_v1));
@@ -433,6 +444,7 @@ BPF_TABLE_PINNED("prog", __u32, __u32, sm_skbprogs_v1, 4, SM_PIN(sm_skbprogs_v1)
 #define SM_TAIL_RULES 3    /* sm_msgprogs_v1: sm_msg_rules */
 #define SM_TAIL_LRSUM 4    /* sm_msgprogs_v1: sm_msg_lr_sum */
 #define SM_TAIL_LRPICK 5   /* sm_msgprogs_v1: sm_msg_lr_pick */
+#define SM_TAIL_CHUNKS 6   /* sm_msgprogs_v1: sm_msg_chunks */
 #define SM_TAIL_FRAME 0    /* sm_skbprogs_v1: sm_skb_frame */
 
 /* reason -> count (per CPU).  Writers: all programs. */

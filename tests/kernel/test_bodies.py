@@ -42,13 +42,32 @@ def test_content_length_request_body_in_kernel(mesh: Mesh, client: Client, one_b
     assert client.request("a", http("GET", "/", HOST))["headers"]["x-backend"] == "b1"
 
 
-def test_chunked_request_body_routed_by_user_space(mesh: Mesh, client: Client,
-                                                   one_backend) -> None:
+@pytest.mark.parametrize("size,parts", [(12_345, None), (300_000, None), (5000, [60, 700, 9])],
+                         ids=["one-write", "large", "split-writes"])
+def test_chunked_request_body_in_kernel(mesh: Mesh, client: Client, one_backend, size: int,
+                                        parts: list[int] | None) -> None:
     client.connect("a", VIP, PORT)
-    body = b"q" * 12_345
-    r = client.request("a", http("POST", "/two/c", HOST, body=body, chunked=True))
-    assert (r["headers"]["x-backend"], r["headers"]["x-body-len"]) == ("b2", "12345")
+    body = bytes(i % 253 for i in range(size))
+    before = mesh.counters()
+    raw = http("POST", "/two/c", HOST, body=body, chunked=True)
+    r = client.request("a", raw, parts=parts, pause_ms=10 if parts else 0)
+    assert (r["headers"]["x-backend"], r["headers"]["x-body-len"]) == ("b2", str(size))
     assert r["headers"]["x-body-sha"] == _sha(body)
+    d = {k: v - before[k] for k, v in mesh.counters().items() if v != before[k]}
+    assert d.get("fast") == 1, d
+    # framing ended exactly at the last chunk: the next request is routed on its own
+    assert client.request("a", http("GET", "/", HOST))["headers"]["x-backend"] == "b1"
+
+
+def test_chunked_body_followed_by_a_pipelined_request_goes_to_user_space(
+        mesh: Mesh, client: Client, one_backend) -> None:
+    client.connect("a", VIP, PORT)
+    before = mesh.counters()
+    raw = http("POST", "/two/p", HOST, body=b"abc" * 100, chunked=True) + http("GET", "/", HOST)
+    rs = client.pipeline("a", raw, ["POST", "GET"])
+    assert [r["headers"]["x-backend"] for r in rs] == ["b2", "b1"]
+    assert rs[0]["headers"]["x-body-len"] == "300"
+    assert mesh.counters()["pipelined"] - before["pipelined"] == 1
 
 
 @pytest.mark.parametrize("path,length", [("/big/1048576", 1 << 20), ("/big/65537", 65537),
