@@ -30,7 +30,7 @@ int sm_sockops(struct bpf_sock_ops *skops)
 	c.vip = od->vip;
 	c.port = od->port;
 	c.rt_id = od->rt_id;
-	sm_clients_v1.update(&key, &c);
+	sm_clients_v2.update(&key, &c);
 	sm_origdst_v1.delete(&cookie);
 	int rcvbuf = SM_RCVBUF;
 	bpf_setsockopt(skops, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
