@@ -66,11 +66,12 @@ DatapathFactory = Callable[[list[Path], Path], Datapath]
 
 
 def default_datapath(cgroups: list[Path], pin_dir: Path) -> Datapath:
-    """bpf's Datapath on ``cgroups`` with maps pinned under ``pin_dir``."""
+    """bpf's datapath on ``cgroups`` with maps pinned under ``pin_dir``, its sockets held by
+    the socket keeper so that they survive the agent (integration/kept_datapath.py)."""
     # imported late: the xDS side of the agent runs without bpf's dependencies (libbpf, bcc)
-    from bpf.datapath import Datapath as BpfDatapath
+    from integration.kept_datapath import KeptDatapath
 
-    return BpfDatapath(cgroups, pin_dir)
+    return KeptDatapath(cgroups, pin_dir)
 
 
 @dataclass
@@ -178,9 +179,7 @@ class Agent:
                       "%s", self.datapath_error)
             return
         self.datapath = dp
-        adopted = getattr(dp, "adopted", None)
-        if adopted is None:
-            adopted = getattr(getattr(dp, "loader", None), "reused", False)
+        adopted = _adopted(dp)
         log.warning("datapath %s on %s (pins under %s)",
                     "adopted from pinned state" if adopted else "loaded",
                     ", ".join(map(str, self.config.cgroups)), self.config.pin_dir)
@@ -337,7 +336,8 @@ class Agent:
         from integration import datapath_info as info  # needs libbpf: only with a datapath
 
         probes: dict[str, Callable[[], Any]] = {
-            "adopted": lambda: bool(getattr(getattr(dp, "loader", None), "reused", False)),
+            "adopted": lambda: _adopted(dp),
+            "socket_keeper_pid": lambda: getattr(getattr(dp, "keeper", None), "pid", None),
             "programs": lambda: info.program_ids(self.config.pin_dir),
             "maps": lambda: info.map_fill(self.config.pin_dir, getattr(dp, "encoder", None)),
             "counters": lambda: dp.counters(),  # type: ignore[attr-defined]
@@ -351,6 +351,13 @@ class Agent:
         if isinstance(counters, Mapping) and "error" not in counters:
             out["fast_path_share"] = fast_path_share(counters)
         return out
+
+
+def _adopted(dp: object) -> bool:
+    adopted = getattr(dp, "adopted", None)
+    if adopted is None:
+        adopted = getattr(getattr(dp, "loader", None), "reused", False)
+    return bool(adopted)
 
 
 def fast_path_share(counters: Mapping[str, int]) -> float | None:
