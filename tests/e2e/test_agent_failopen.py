@@ -1,11 +1,12 @@
 """Fail open with a real load failure: the agent runs as root but without the capabilities
 BPF needs (setpriv drops them), so the kernel refuses the programs.  The agent must say why,
-keep its xDS side up, attach nothing, and leave the application's traffic untouched.  ~8 s.
+keep its xDS side up, attach nothing, and leave the application's traffic untouched.  ~3 s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from integration import cgroups
 from integration.demo import mesh
 from integration.xds_server import AdsServer
-from tests.e2e.agent_harness import ROOT, SOCKMESH, Backends, end, mesh_cgroup, poll
+from tests.e2e.agent_harness import ROOT, SOCKMESH, Backends, end, http_get, mesh_cgroup, poll
 from tests.support.backends import free_port
 
 pytestmark = pytest.mark.kernel
@@ -43,10 +44,6 @@ async def test_datapath_that_cannot_load_fails_open(tmp_path: Path) -> None:
                  str(pin), "--metrics-addr", f"127.0.0.1:{admin}"],
                 cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
         try:
-            import json
-
-            from tests.e2e.agent_harness import http_get
-
             st = await asyncio.to_thread(
                 poll, lambda: (s := json.loads(http_get(admin, "/status")))["config"]["applied"]
                 and s, 60, "agent applied config (fail open)")
