@@ -30,7 +30,7 @@ from bpf.datapath import Datapath
 from integration import cgroups
 from integration.bench.envoy_compat import envoy_loadable
 from integration.bench.scenarios import bench_tables, merged, update_rule
-from integration.bench.system import bpf_map_memory, rss_bytes
+from integration.bench.system import bpf_map_memory, profile_top, rss_bytes
 from integration.preflight import BPFFS
 from translator import TableBuilder
 from translator.resources import (
@@ -140,6 +140,16 @@ def kernel_figures(dp: Datapath, rs: ResourceSet, endpoints: list[tuple[str, int
         samples.append(time.perf_counter() - t0)
         writes.append(st["writes"])
     out["endpoint_change"] = {**_summary(samples), "map_writes_max": max(writes)}
+
+    def one_change() -> None:
+        name = names[0]
+        cla = to_json(rs.endpoints[name])
+        cla["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"][
+            "port_value"] = 30000
+        builder.apply(CLUSTER_LOAD_ASSIGNMENT, name, parse_resource(cla))
+        dp.apply(merged(bench, builder.tables()))
+
+    out["endpoint_change"]["profile"] = profile_top(one_change)
     say(f"one endpoint change: median {out['endpoint_change']['median_ms']:.2f} ms, p99 "
         f"{out['endpoint_change']['p99_ms']:.2f} ms over {len(samples)}")
 
@@ -157,6 +167,8 @@ def kernel_figures(dp: Datapath, rs: ResourceSet, endpoints: list[tuple[str, int
         if (i + 1) % every == 0:
             say(f"  route updates {i + 1}/{route_updates}")
     out["route_updates"] = _summary(samples)
+    out["route_updates"]["profile"] = profile_top(
+        lambda: dp.apply(merged(bench_tables(endpoints, (update_rule(-1),)), istio)))
     dp.apply(merged(bench, istio))
     say(f"{len(samples)} route updates in a row: {sum(samples):.2f} s, median "
         f"{out['route_updates']['median_ms']:.2f} ms each")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import cProfile
+import json
 import os
 import platform
+import pstats
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -103,3 +108,75 @@ def pin_to_cpu(pid: int, cpu: str) -> None:
     """Pin every thread of ``pid`` (a process we started) to ``cpu``."""
     subprocess.run(["taskset", "-a", "-p", "-c", cpu, str(pid)], check=True,
                    capture_output=True)
+
+
+def bpf_program_stats(pid: int) -> dict[int, tuple[int, int]]:
+    """prog_id -> (run_cnt, run_time_ns) of the BPF programs ``pid`` holds open.
+
+    From /proc/PID/fdinfo, so only our own programs count (other datapaths loaded on the
+    machine at the same time are not mixed in).  The kernel counts only while
+    ``kernel.bpf_stats_enabled`` is 1 (see :func:`bpf_stats_enabled`).
+    """
+    out: dict[int, tuple[int, int]] = {}
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = info.read_text()
+        except OSError:
+            continue
+        if "prog_id:" not in text:
+            continue
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        try:
+            out[int(fields["prog_id"])] = (int(fields.get("run_cnt", "0")),
+                                          int(fields.get("run_time_ns", "0")))
+        except (KeyError, ValueError):
+            continue
+    return out
+
+
+def bpf_program_names(ids: list[int]) -> dict[int, str]:
+    """prog_id -> name (bpftool)."""
+    try:
+        p = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
+                           timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    wanted = set(ids)
+    return {int(x["id"]): str(x.get("name", "?")) for x in json.loads(p.stdout)
+            if int(x.get("id", -1)) in wanted}
+
+
+class bpf_stats_enabled:
+    """Turn on kernel.bpf_stats_enabled for the block; restore the old value after."""
+
+    PATH = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+    def __enter__(self) -> None:
+        self.old = self.PATH.read_text().strip()
+        self.PATH.write_text("1")
+
+    def __exit__(self, *exc: object) -> None:
+        self.PATH.write_text(self.old)
+
+
+def profile_top(fn: Callable[[], Any], top: int = 12) -> list[dict[str, Any]]:
+    """Run ``fn`` under cProfile; the functions with the most cumulative time (where the
+    time goes), as ``{"function", "cumulative_s", "own_s", "calls"}``."""
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        fn()
+    finally:
+        prof.disable()
+    st = pstats.Stats(prof)
+    rows = []
+    for (file, line, name), (_, calls, own, cum, _) in st.stats.items():  # type: ignore[attr-defined]
+        parts = Path(file).parts
+        here = next((i for i, p in enumerate(parts) if p in ("bpf", "translator",
+                                                             "integration")), None)
+        where = "/".join(parts[here:]) if here is not None else Path(file).name
+        rows.append({"function": f"{where}:{line}({name})", "cumulative_s": round(cum, 4),
+                     "own_s": round(own, 4), "calls": calls})
+    rows.sort(key=lambda r: -r["cumulative_s"])
+    keep = [r for r in rows if not r["function"].startswith(("~", "<"))]
+    return keep[:top]

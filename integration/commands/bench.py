@@ -144,6 +144,26 @@ class Bench:
         self.t0 = time.monotonic()
         self.notes: list[str] = []
 
+    def _program_profile(self, url: str, spawn: Any) -> dict[str, Any]:
+        from integration.bench.load import run_wrk
+        from integration.bench.system import (
+            bpf_program_names,
+            bpf_program_stats,
+            bpf_stats_enabled,
+        )
+
+        with bpf_stats_enabled():
+            before = bpf_program_stats(os.getpid())
+            sat = run_wrk(url, connections=CONNECTIONS, seconds=self.sat_s, cpu=CLIENT_CPU,
+                          spawn=spawn)
+            after = bpf_program_stats(os.getpid())
+        out = _per_request(before, after, bpf_program_names(list(after)), sat.requests)
+        self.say("    BPF time per request: "
+                 f"{out['bpf_ns_per_request'] / 1000:.2f} us ("
+                 + ", ".join(f"{p['name']} {p['ns_per_run']:.0f} ns x{p['runs_per_request']:.2f}"
+                             for p in out["programs"]) + ")")
+        return out
+
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {text}", flush=True)
 
@@ -269,6 +289,12 @@ class Bench:
                                 if rec["fast_share"] is not None else ""))
             for name, recs in rounds.items():
                 results["scenarios"][name] = _aggregate(recs)
+            for name in ("kernel", "slow"):
+                url, spawn = urls[name]
+                self.say(f"{name}: one more {self.sat_s:g} s run with kernel.bpf_stats_enabled"
+                         " (time spent in each program; not used for the figures above)")
+                results["scenarios"][name]["bpf_programs"] = self._program_profile(
+                    url, spawn)
 
             n_maps, map_bytes = bpf_map_memory(os.getpid())
             results["memory"] = {
@@ -314,6 +340,22 @@ class Bench:
         self.say(f"done in {results['duration_s']:.0f} s; load average "
                  f"{results['loadavg_end'][0]:.2f}")
         return results
+
+
+def _per_request(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]],
+                 names: dict[int, str], requests: int) -> dict[str, Any]:
+    """Program run counts and ns per run, and BPF time per request, between two samples."""
+    progs = []
+    total_ns = 0
+    for pid_, (cnt, ns) in sorted(after.items()):
+        c0, n0 = before.get(pid_, (0, 0))
+        runs, spent = cnt - c0, ns - n0
+        total_ns += spent
+        if runs:
+            progs.append({"name": names.get(pid_, str(pid_)), "runs": runs,
+                          "ns_per_run": spent / runs, "runs_per_request": runs / requests})
+    return {"programs": progs, "bpf_ns_per_request": total_ns / max(requests, 1),
+            "requests": requests}
 
 
 def _aggregate(recs: list[dict[str, Any]]) -> dict[str, Any]:

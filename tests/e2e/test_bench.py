@@ -73,9 +73,15 @@ def test_quick_run_is_bounded_and_complete(quick_run: tuple[Path, str, float]) -
     assert ctl["route_updates_small"]["n"] == 100
     # every target evaluated and printed with its verdict
     targets = report.targets(r)
-    assert len(targets) == 8 and all(t.met is not None for t in targets)
+    assert len(targets) == 8
     for t in targets:
-        assert f"{'MET' if t.met else 'MISSED'}" in stdout and t.name in stdout
+        assert t.line() in stdout
+    # only a latency ratio may lack a value (when noise makes Envoy's added latency <= 0)
+    assert all(t.met is not None for t in targets if "latency" not in t.name)
+    kernel = r["scenarios"]["kernel"]["bpf_programs"]
+    assert {p["name"] for p in kernel["programs"]} >= {"sm_sk_msg", "sm_sk_skb"}
+    assert kernel["bpf_ns_per_request"] > 0
+    assert ctl["endpoint_change"]["profile"] and ctl["route_updates"]["profile"]
     for png in ("throughput.png", "latency.png", "cpu.png", "memory.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
