@@ -85,6 +85,11 @@ class KeptDatapath:
         assert self.encoder is not None
         return {i: n for n, i in self.encoder.rt_ids.ids.items() if n in tables.route_tables}
 
+    def keeper_stats(self) -> dict[str, Any]:
+        """The keeper's slow-path outcomes and pool maintenance counts."""
+        assert self.keeper is not None
+        return dict(self.keeper.call("stats", timeout=5))
+
     def counters(self) -> dict[str, int]:
         """Per-reason counters summed over CPUs."""
         return self._reader.counters()

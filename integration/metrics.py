@@ -115,6 +115,11 @@ class AgentCollector(Collector):
             yield from self._counters(counters)
         from integration import datapath_info as info
 
+        stats = _safe(dp.keeper_stats, "socket keeper stats") if hasattr(dp, "keeper_stats") \
+            else None
+        if isinstance(stats, Mapping):
+            yield from self._keeper(stats)
+
         endpoints = _safe(lambda: info.endpoint_stats(dp), "endpoint stats")
         if endpoints:
             yield from self._endpoints(endpoints)
@@ -151,6 +156,22 @@ class AgentCollector(Collector):
                 events.add_metric([name], value)
         yield slow
         yield events
+
+    def _keeper(self, stats: Mapping[str, Any]) -> Iterator[Metric]:
+        outcomes = CounterMetricFamily(
+            "sockmesh_slow_path_outcomes", "what the user-space slow path did with requests "
+            "handed to it", labels=["outcome"])
+        for name, n in sorted(stats.get("slow_path", {}).items()):
+            outcomes.add_metric([name], n)
+        yield outcomes
+        replaced = CounterMetricFamily("sockmesh_pool_replaced_connections",
+                                       "pooled connections replaced after the backend closed them")
+        replaced.add_metric([], stats.get("pool_replaced", 0))
+        yield replaced
+        grown = CounterMetricFamily("sockmesh_pool_grown_connections",
+                                    "pooled connections added because no idle one was found")
+        grown.add_metric([], stats.get("pool_grown", 0))
+        yield grown
 
     def _endpoints(self, endpoints: Any) -> Iterator[Metric]:
         active = GaugeMetricFamily("sockmesh_endpoint_active_requests",

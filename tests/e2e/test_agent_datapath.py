@@ -287,6 +287,7 @@ async def test_status_dump_metrics_match_what_was_sent(live: Live) -> None:
     for reason in SLOW_PATH_REASONS & set(c):
         assert _metric(text, "sockmesh_requests_slow_path_total", reason=reason) == c[reason]
     assert _metric(text, "sockmesh_datapath_loaded") == 1
+    assert _metric(text, "sockmesh_pool_grown_connections_total") >= 0  # the keeper answered
     assert _metric(text, "sockmesh_xds_resources", type="CDS") == len(mesh.CLUSTERS)
     assert _metric(text, "sockmesh_map_entries", map="sm_services_v1") == len(mesh.SERVICES)
     for b in ("ratings-1", "ratings-2"):
