@@ -149,15 +149,16 @@ def wrk(cgroup: Path, url: str, seconds: int) -> dict[str, float]:
     return res
 
 
-def program_stats() -> list[tuple[str, int, int]]:
-    """(name, run count, total ns) of every loaded sockmesh program (sm_*)."""
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
-                         check=True).stdout
+def program_stats(pin_dir: Path) -> list[tuple[str, int, int]]:
+    """(name, run count, total ns) of this datapath's attached programs (pinned under
+    pin_dir); a tail-called pass is accounted to the program that was attached."""
     rows = []
-    for p in json.loads(out):
-        if p.get("name", "").startswith("sm_") and "run_cnt" in p:
-            rows.append((p["name"], int(p["run_cnt"]), int(p["run_time_ns"])))
-    return sorted(rows)
+    for pin in sorted(pin_dir.glob("prog_*")):
+        out = subprocess.run(["bpftool", "-j", "prog", "show", "pinned", str(pin)],
+                             capture_output=True, text=True, check=True).stdout
+        p = json.loads(out)
+        rows.append((p["name"], int(p.get("run_cnt", 0)), int(p.get("run_time_ns", 0))))
+    return rows
 
 
 def main() -> None:
@@ -196,7 +197,7 @@ def main() -> None:
                     if name not in results or r["p50_us"] < results[name]["p50_us"]:
                         results[name] = r
             after = dp.counters()
-            prog_stats = program_stats() if args.prog_stats else []
+            prog_stats = program_stats(dp.pin_dir) if args.prog_stats else []
         finally:
             if args.prog_stats:
                 Path("/proc/sys/kernel/bpf_stats_enabled").write_text(stats_was)
