@@ -36,3 +36,16 @@ def test_ctypes_layouts_match_compiled_structs(mesh: Mesh) -> None:
         members = [(m["name"], m["bits_offset"] // 8) for m in t["members"]]
         ours = [(f[0], getattr(cls, f[0]).offset) for f in cls._fields_]
         assert ours == members, name
+
+
+def test_pinned_hash_map_catalog_names_existing_maps(mesh: Mesh) -> None:
+    from bpf.layout import PINNED_HASH_MAPS
+    from bpf.maps import PinnedMap
+
+    for name, (k, v) in PINNED_HASH_MAPS.items():
+        path = mesh.dp.pin_dir / name
+        assert path.exists(), name
+        info = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "pinned", str(path)],
+                                         check=True, capture_output=True, text=True).stdout)
+        assert (info["bytes_key"], info["bytes_value"]) == (C.sizeof(k), C.sizeof(v)), name
+        PinnedMap(path, k, v).close()
