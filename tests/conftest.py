@@ -1,7 +1,8 @@
 """Shared pytest fixtures and the CI rule for capability-dependent tests.
 
-Tests marked ``kernel`` (root, BPF, cgroup v2), ``envoy`` or ``node`` skip with a reason
-on a developer machine that lacks the capability; when ``CI=true`` a missing capability
+Tests marked ``kernel`` (root, BPF, cgroup v2), ``envoy``, ``node``, ``istiod`` or ``gocp``
+(the Go control-plane peers scripts/setup.sh builds) skip with a reason on a developer
+machine that lacks the capability; when ``CI=true`` a missing capability
 fails the test instead, so CI can never pass by skipping the datapath.
 """
 
