@@ -353,6 +353,12 @@ def docs_page(r: dict[str, Any], plots_rel: str, json_rel: str) -> str:
         f"![cpu]({plots_rel}/cpu.png)",
         "",
     ]
+    busy = {k: v.get("cpu_busy_share") for k, v in r["scenarios"].items()
+            if v.get("cpu_busy_share")}
+    if busy:
+        lines += ["How busy each CPU was during the saturation runs (cpu0 / cpu1): "
+                  + "; ".join(f"{k} " + " / ".join(f"{x:.0%}" for x in v)
+                              for k, v in busy.items()) + ".", ""]
     fast = {k: v.get("fast_share") for k, v in r["scenarios"].items()
             if v.get("fast_share") is not None}
     if fast:

@@ -17,6 +17,12 @@ from typing import Any
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def _busy_total(fields: list[int]) -> tuple[int, int]:
+    # user nice system idle iowait irq softirq steal (guest time is already in user)
+    total = sum(fields[:8])
+    return total - fields[3] - fields[4], total
+
+
 @dataclass(frozen=True)
 class CpuSample:
     """Machine-wide CPU jiffies at one instant (all CPUs, user+system+irq+softirq...)."""
@@ -25,16 +31,23 @@ class CpuSample:
     total: int
     softirq: int
     at: float
+    per_cpu: tuple[tuple[int, int], ...] = ()  # (busy, total) of cpu0, cpu1, ...
 
     @classmethod
     def now(cls) -> CpuSample:
-        """Read the aggregate ``cpu`` line of /proc/stat."""
+        """Read the ``cpu`` and ``cpuN`` lines of /proc/stat."""
         with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        # user nice system idle iowait irq softirq steal guest guest_nice
-        idle = fields[3] + fields[4]
-        total = sum(fields[:8])  # guest time is already counted in user
-        return cls(busy=total - idle, total=total, softirq=fields[6], at=time.monotonic())
+            lines = [ln.split() for ln in f if ln.startswith("cpu")]
+        fields = [int(x) for x in lines[0][1:]]
+        busy, total = _busy_total(fields)
+        per = tuple(_busy_total([int(x) for x in ln[1:]]) for ln in lines[1:])
+        return cls(busy=busy, total=total, softirq=fields[6], at=time.monotonic(),
+                   per_cpu=per)
+
+    def busy_share_since(self, earlier: CpuSample) -> list[float]:
+        """Per CPU, the share of the time between the samples it was busy."""
+        return [(b - b0) / max(t - t0, 1) for (b, t), (b0, t0) in
+                zip(self.per_cpu, earlier.per_cpu, strict=True)]
 
     def busy_seconds_since(self, earlier: CpuSample) -> float:
         """CPU seconds (all CPUs, kernel and softirq included) spent between the samples."""

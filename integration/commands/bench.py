@@ -273,8 +273,10 @@ class Bench:
                                   spawn=spawn, pace_ms=PACE_MS, workdir=work)
                     delta = {c: after[c] - before.get(c, 0) for c in after}
                     cpu_s = c1.busy_seconds_since(c0)
+                    busy = c1.busy_share_since(c0)
                     rec = {"saturation": sat.to_json(), "low_rate": low.to_json(),
                            "cpu_s": cpu_s, "softirq_s": c1.softirq_seconds_since(c0),
+                           "cpu_busy_share": busy,
                            "cpu_s_per_10k": cpu_s / max(sat.requests, 1) * 1e4,
                            "fast_share": fast_path_share(delta) if spawn else None,
                            "counters": {c: v for c, v in delta.items() if v}}
@@ -284,7 +286,8 @@ class Bench:
                     rounds[name].append(rec)
                     self.say(f"    {sat.rps:,.0f} req/s, p50 {sat.p50_us:.0f} us; paced p50 "
                              f"{low.p50_us:.1f} us p99 {low.p99_us:.1f} us; "
-                             f"{rec['cpu_s_per_10k']:.3f} CPU s/10k"
+                             f"{rec['cpu_s_per_10k']:.3f} CPU s/10k; CPUs busy "
+                             + "/".join(f"{x:.0%}" for x in busy)
                              + (f"; kernel share {rec['fast_share']:.1%}"
                                 if rec["fast_share"] is not None else ""))
             for name, recs in rounds.items():
@@ -369,4 +372,7 @@ def _aggregate(recs: list[dict[str, Any]]) -> dict[str, Any]:
             "cpu_s_per_10k": _median([r["cpu_s_per_10k"] for r in recs]),
             "softirq_s_per_10k": _median([r["softirq_s"] / max(r["saturation"]["requests"], 1)
                                           * 1e4 for r in recs]),
-            "fast_share": _median(shares) if shares else None, "rounds": recs}
+            "fast_share": _median(shares) if shares else None,
+            "cpu_busy_share": [_median([r["cpu_busy_share"][i] for r in recs])
+                               for i in range(len(recs[0]["cpu_busy_share"]))],
+            "rounds": recs}
