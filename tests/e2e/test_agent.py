@@ -34,6 +34,8 @@ from xds_client import make_node
 ROOT = Path(__file__).resolve().parents[2]
 SOCKMESH = [sys.executable, "-m", "integration.cli"]
 WAIT = 10.0
+# a `sockmesh run` process may take a while to import and bind on a loaded 2-core CI box
+START = 60.0
 
 
 def demo_endpoints(base_port: int = 20000) -> dict[str, list[tuple[str, int]]]:
@@ -192,7 +194,7 @@ def test_run_unreachable_server_keeps_retrying_and_says_so() -> None:
     proc = _start_run("--xds-server", f"127.0.0.1:{dead}", "--metrics-addr",
                       f"127.0.0.1:{admin}", "--backoff-max", "0.5")
     try:
-        st = _poll(lambda: json.loads(http_get(admin, "/status")), WAIT)
+        st = _poll(lambda: json.loads(http_get(admin, "/status")), START)
         assert st["xds"]["connected"] is False
         # several attempts have been made (backoff <= 0.5 s) and the agent is still up
         _poll(lambda: json.loads(http_get(admin, "/status"))["xds"]["streams_opened"] >= 3,
@@ -217,7 +219,7 @@ def test_run_and_status_report_what_the_server_sent() -> None:
                 st = json.loads(http_get(admin, "/status"))
                 ok = st["config"]["applied"] and st["config"]["applied"]["endpoints"] == 9
                 return st if ok else None
-            st = await asyncio.to_thread(_poll, synced, WAIT)
+            st = await asyncio.to_thread(_poll, synced, START)
             for short in ("LDS", "RDS", "CDS", "EDS"):
                 assert st["xds"]["types"][short]["version"] == srv.version
             r = await asyncio.to_thread(run_cli, "status", "--admin-addr",
