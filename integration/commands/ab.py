@@ -58,7 +58,7 @@ def _load(args: argparse.Namespace):
                             namespace="default", ip="127.0.0.1", node_cluster="sockmesh",
                             timeout=args.timeout, missing_after=None, referenced_only=False,
                             validate=False, ca_file=None, token_file=None, server_name=None)
-    code, doc = asyncio.run(xds_dump.dump(ns))
+    _, doc = asyncio.run(xds_dump.dump(ns))
     if doc is None:
         raise ValueError(f"could not fetch the configuration from {args.xds_server}")
     return parse_config_dump(doc, f"xDS server {args.xds_server}")
