@@ -37,6 +37,8 @@ RF_LOST = limit("RF_LOST")
 CONNECT_TIMEOUT = 1.0
 RETRY_AFTER = 0.2  # seconds before connecting again to an endpoint that refused
 LOST_GRACE = 0.2  # a closed pooled connection still busy this long lost its request
+DRAIN_GRACE = 0.05  # a removed endpoint's idle connections close after this
+DRAIN_MAX = 30.0  # ... and its busy ones when their response is done, or after this
 
 
 class Pools:
@@ -55,6 +57,7 @@ class Pools:
         self.on_lost: Callable[[L.SockKey], None] | None = None
         self.lost = 0  # dispatched requests whose pooled connection closed under them
         self._closed_busy: dict[int, float] = {}  # slot -> when it was first seen closed
+        self._draining: dict[int, tuple[float, float]] = {}  # slot -> (grace end, deadline)
         self.endpoints: dict[int, tuple[str, int]] = {}
         self.conns: dict[int, socket.socket] = {}  # slot id -> socket
         self._gen: dict[int, int] = {}
@@ -86,6 +89,7 @@ class Pools:
         with self._lock:
             for ep in list(self.endpoints):
                 self._drop_endpoint(ep)
+            self._drain(force=True)
         for m in (self.socks, self.ports, self.slots, self.eppool, self.epmiss, self.epactive):
             m.close()
 
@@ -159,6 +163,7 @@ class Pools:
         """One pass: reap closed, warm, replace dead, grow on misses."""
         with self._lock:
             self._reap_closed()
+            self._drain()
             now = time.monotonic()
             for ep, addr in list(self.endpoints.items()):
                 if self._retry_at.get(ep, 0.0) > now:
@@ -226,13 +231,29 @@ class Pools:
         return True
 
     def _drop_endpoint(self, ep: int) -> None:
+        """Stop new claims now; close the connections once no request is on them."""
         self.eppool.set(ep, U32(0))
+        self.endpoints.pop(ep, None)
+        now = time.monotonic()
         for j in range(PER_EP):
             sid = ep * PER_EP + j
             if sid in self.conns:
+                # an sk_msg that read the old pool size may still claim an idle slot for a
+                # moment; a busy one finishes its response first
+                self._draining[sid] = (now + DRAIN_GRACE, now + DRAIN_MAX)
+
+    def _drain(self, force: bool = False) -> None:
+        now = time.monotonic()
+        for sid, (grace, limit_) in list(self._draining.items()):
+            if not force and now < grace:
+                continue
+            sl = self.slots.get(sid)
+            if not force and sl is not None and sl.state == BUSY and now < limit_:
+                continue
+            del self._draining[sid]
+            if sid in self.conns:
                 self._close_slot(sid)
-                self.slots.set(sid, L.Slot(state=EMPTY))
-        self.endpoints.pop(ep, None)
+            self.slots.set(sid, L.Slot(state=EMPTY))
 
 
 def _ip_net(addr: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+from tests.kernel.backend import Backend
 from tests.kernel.conftest import Client, Mesh, http, make_backends
 from tests.kernel.tables_util import cluster, http_tables, rule, to, vhost
 from translator.tables import Service, ServiceKind, Tables
@@ -96,3 +97,26 @@ def test_pooled_connections_closed_by_the_backend_are_replaced(mesh: Mesh, clien
     rs = client.requests("a", [http("GET", f"/after{i}", HOST) for i in range(20)])
     assert all(r["body"] == b"b1" for r in rs)
     assert mesh.counters()["fast"] - before["fast"] >= 20
+
+
+def test_removed_endpoint_finishes_its_in_flight_request(mesh: Mesh, client: Client,
+                                                         backends) -> None:
+    import time
+
+    old, new = make_backends(backends, "old", "new")
+
+    def tables(b: Backend) -> Tables:
+        return http_tables(VIP, PORT, [vhost("r", [HOST], [rule("/", action=to("c1"))])],
+                           [cluster("c1", [b])])
+
+    mesh.dp.apply(tables(old))
+    client.connect("a", VIP, PORT)
+    client.send("a", http("GET", "/slow/300", HOST))
+    deadline = time.monotonic() + 5
+    while old.active == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert old.active == 1  # the request is on a pooled connection to "old"
+    mesh.dp.apply(tables(new))  # EDS: "old" leaves the cluster while the request is in flight
+    (r,) = client.pipeline("a", b"", ["GET"])
+    assert (r["status"], r["body"]) == (200, b"old")
+    assert client.request("a", http("GET", "/", HOST))["body"] == b"new"
