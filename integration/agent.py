@@ -154,14 +154,19 @@ class Agent:
     # ---- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the datapath (or record why not), start admin/metrics and the xDS client."""
-        if self.config.datapath:
-            await self._load_datapath()
+        """Start admin/metrics, load the datapath (or record why not), start the xDS client.
+
+        The admin port is bound first: failing on a busy port must not touch a datapath
+        this agent was about to adopt.
+        """
         if self.config.admin_addr is not None:
             from integration.admin import AdminServer
 
-            self.admin = AdminServer(self, *self.config.admin_addr)
-            await self.admin.start()
+            admin = AdminServer(self, *self.config.admin_addr)
+            await admin.start()
+            self.admin = admin
+        if self.config.datapath:
+            await self._load_datapath()
         # LDS and CDS by wildcard like Envoy; the client follows their references to RDS/EDS
         for type_url in (LISTENER, CLUSTER):
             self.client.watch(type_url, None, lambda ev: None)

@@ -201,8 +201,9 @@ async def _main(config: AgentConfig) -> int:
     try:
         await agent.start()
     except OSError as exc:
+        # only the admin bind raises here, before anything was loaded or adopted
         print(f"sockmesh run: error: {exc.strerror or exc}", file=sys.stderr)
-        await agent.stop(detach=True)
+        await agent.stop(detach=False)
         return 1
     admin = agent.admin
     print(f"sockmesh run: pid {agent.status()['pid']}, xDS server {config.server}"
