@@ -90,7 +90,7 @@ async def test_agent_applies_nacks_and_reports(server: tuple[AdsServer, int],
         rs.route_configs[mesh.ROUTE_CONFIG] = bad
         srv.set_resources(rs)
         ev = await srv.wait_for(lambda e: not e.ack, WAIT)  # NACKs carry the kept version
-        assert "regex" in ev.error_detail.lower()
+        assert ev.error_detail is not None and "regex" in ev.error_detail.lower()
         await agent.client.wait_for(lambda c: agent.last_nack is not None, WAIT)
         assert agent.last_nack is not None and agent.last_nack["type"] == "RDS"
         assert agent.last_nack["reason"] == ev.error_detail
