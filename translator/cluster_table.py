@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -84,28 +85,46 @@ def _ipv4(text: str) -> str | None:
     return text
 
 
-def _address(sa: Message, where: str, field: str, dns_ok: bool) -> tuple[str, int] | None:
-    """socket_address -> (IPv4, port); None for a DNS name in a DNS cluster."""
+def _address(sa: Message, where: str, field: str, dns_ok: bool) -> tuple[str, int] | str | None:
+    """socket_address -> (IPv4, port); a reason to skip a valid endpoint the datapath cannot
+    reach (IPv6, port 0); None for a DNS name in a DNS cluster.  Malformed input raises."""
     port = sa.port_value
     if sa.WhichOneof("port_specifier") == "named_port":
         raise TranslationError(where, f"{field}.named_port: named ports are not supported")
-    if not 0 < port <= 65535:
-        raise TranslationError(where, f"{field}.port_value: {port} is not in 1..65535")
+    if port > 65535:
+        raise TranslationError(where, f"{field}.port_value: {port} is not in 0..65535")
     addr = _ipv4(sa.address)
-    if addr is not None:
-        return addr, port
-    try:
-        ipaddress.ip_address(sa.address)
-    except ValueError:
-        if dns_ok and sa.address:
-            return None
-    raise TranslationError(where, f"{field}.address: {sa.address!r} is not an IPv4 address")
+    if addr is None:
+        try:
+            ip = ipaddress.ip_address(sa.address)
+        except ValueError:
+            if dns_ok and sa.address:
+                return None
+            raise TranslationError(where, f"{field}.address: {sa.address!r} is not an IP "
+                                   "address") from None
+        if ip.version == 6:
+            return f"endpoint [{sa.address}]:{port} skipped: IPv6 not supported"
+        # ipaddress accepts IPv4 spellings inet_pton (and so Envoy) rejects, e.g. "01.2.3.4"
+        raise TranslationError(where, f"{field}.address: {sa.address!r} is not an IP address")
+    if port == 0:
+        return f"endpoint {addr}:0 skipped: port 0 not supported"
+    return addr, port
+
+
+@dataclass(frozen=True)
+class ParsedEndpoints:
+    """A validated endpoint list: the endpoints the datapath can use, in CLA order, and one
+    note per valid endpoint it left out (IPv6, port 0, non-socket addresses)."""
+
+    endpoints: tuple[Endpoint, ...] = ()
+    skipped: tuple[str, ...] = ()
 
 
 def _endpoints(cla: endpoint_pb2.ClusterLoadAssignment, where: str, prefix: str,
-               dns_ok: bool) -> tuple[tuple[Endpoint, ...], bool]:
-    """(endpoints in CLA order, whether some were DNS names we cannot resolve here)."""
+               dns_ok: bool) -> tuple[ParsedEndpoints, bool]:
+    """(parsed endpoints, whether some were DNS names we cannot resolve here)."""
     out: list[Endpoint] = []
+    skipped: list[str] = []
     unresolved = False
     for li, lle in enumerate(cla.endpoints):
         loc = lle.locality
@@ -115,15 +134,6 @@ def _endpoints(cla: endpoint_pb2.ClusterLoadAssignment, where: str, prefix: str,
             if lb.WhichOneof("host_identifier") != "endpoint":
                 raise TranslationError(where, f"{field}.endpoint: is required (named endpoints "
                                        "are not supported)")
-            address = lb.endpoint.address
-            if address.WhichOneof("address") != "socket_address":
-                raise TranslationError(where, f"{field}.endpoint.address: only socket_address "
-                                       "is supported")
-            got = _address(address.socket_address, where,
-                           f"{field}.endpoint.address.socket_address", dns_ok)
-            if got is None:
-                unresolved = True
-                continue
             weight = lb.load_balancing_weight.value if lb.HasField("load_balancing_weight") else 1
             if weight < 1:
                 raise TranslationError(where, f"{field}.load_balancing_weight: must be >= 1")
@@ -131,12 +141,26 @@ def _endpoints(cla: endpoint_pb2.ClusterLoadAssignment, where: str, prefix: str,
             if health is None:
                 raise TranslationError(where, f"{field}.health_status: unknown value "
                                        f"{lb.health_status}")
-            out.append(Endpoint(address=got[0], port=got[1], weight=weight, health=health,
-                                priority=lle.priority, locality=locality))
-    return tuple(out), unresolved
+            address = lb.endpoint.address
+            kind = address.WhichOneof("address")
+            if kind is None:
+                raise TranslationError(where, f"{field}.endpoint.address: is required")
+            if kind != "socket_address":
+                skipped.append(f"endpoint {kind} skipped: only socket addresses supported")
+                continue
+            got = _address(address.socket_address, where,
+                           f"{field}.endpoint.address.socket_address", dns_ok)
+            if got is None:
+                unresolved = True
+            elif isinstance(got, str):
+                skipped.append(got)
+            else:
+                out.append(Endpoint(address=got[0], port=got[1], weight=weight, health=health,
+                                    priority=lle.priority, locality=locality))
+    return ParsedEndpoints(tuple(out), tuple(skipped)), unresolved
 
 
-def cla_endpoints(cla: endpoint_pb2.ClusterLoadAssignment) -> tuple[Endpoint, ...]:
+def cla_endpoints(cla: endpoint_pb2.ClusterLoadAssignment) -> ParsedEndpoints:
     """Validate a ClusterLoadAssignment (what an EDS NACK needs) and return its endpoints."""
     where = resource_label("ClusterLoadAssignment", cla.cluster_name)
     validate_message(cla, where)
@@ -154,14 +178,16 @@ def translate_cluster(c: cluster_pb2.Cluster,
     return build_cluster(c, cla_endpoints(cla) if cla is not None else None)
 
 
-def build_cluster(c: cluster_pb2.Cluster, eds_endpoints: tuple[Endpoint, ...] | None) -> Cluster:
+def build_cluster(c: cluster_pb2.Cluster, eds_endpoints: ParsedEndpoints | None) -> Cluster:
     """Validate a Cluster and build its table entry.
 
     EDS clusters take their endpoints from their ClusterLoadAssignment, already validated and
     parsed by ``cla_endpoints`` (``has_endpoints`` is False while it is None); other clusters
     use their inline ``load_assignment``.  DNS names in DNS clusters
     cannot be resolved by the pure translator: such endpoints are left out and the cluster
-    lists ``dns_resolution`` as not enforced.
+    lists ``dns_resolution`` as not enforced.  Valid endpoints the IPv4 datapath cannot reach
+    (IPv6, port 0) are left out too, each listed as not enforced ("endpoint [::1]:80 skipped:
+    IPv6 not supported"), so one of them does not reject the whole assignment.
     """
     where = resource_label("Cluster", c.name)
     validate_message(c, where)
@@ -200,19 +226,20 @@ def build_cluster(c: cluster_pb2.Cluster, eds_endpoints: tuple[Endpoint, ...] | 
     dns = kind in ("STRICT_DNS", "LOGICAL_DNS")
     if kind == "EDS":
         has_endpoints = eds_endpoints is not None
-        endpoints = eds_endpoints or ()
+        parsed = eds_endpoints or ParsedEndpoints()
     else:
         has_endpoints = True
-        endpoints, unresolved = _endpoints(c.load_assignment, where, "load_assignment.",
-                                           dns_ok=dns)
+        parsed, unresolved = _endpoints(c.load_assignment, where, "load_assignment.",
+                                        dns_ok=dns)
         if unresolved:
             not_enforced.append("dns_resolution")
+    not_enforced += parsed.skipped
     if kind == "ORIGINAL_DST":
         not_enforced.append("original_dst")
     return Cluster(
         name=c.name,
         lb_policy=policy,
-        endpoints=endpoints,
+        endpoints=parsed.endpoints,
         has_endpoints=has_endpoints,
         kind=kind,
         choice_count=choice_count,

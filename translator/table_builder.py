@@ -20,7 +20,12 @@ from envoy.config.route.v3 import route_pb2
 from google.protobuf.message import Message
 
 from translator import resources as res
-from translator.cluster_table import build_cluster, cla_endpoints, eds_service_name
+from translator.cluster_table import (
+    ParsedEndpoints,
+    build_cluster,
+    cla_endpoints,
+    eds_service_name,
+)
 from translator.errors import TranslationError, resource_label
 from translator.route_table import referenced_clusters, translate_route_config
 from translator.service_table import (
@@ -31,7 +36,7 @@ from translator.service_table import (
     sorted_services,
     with_table_names,
 )
-from translator.tables import Cluster, Endpoint, RouteTable, Service, Tables
+from translator.tables import Cluster, RouteTable, Service, Tables
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -107,7 +112,7 @@ class TableBuilder:
 
     def __init__(self, resources: res.ResourceSet | None = None) -> None:
         self._cluster_msgs: dict[str, cluster_pb2.Cluster] = {}
-        self._clas: dict[str, tuple[Endpoint, ...]] = {}  # CLA name -> parsed endpoints
+        self._clas: dict[str, ParsedEndpoints] = {}  # CLA name -> parsed endpoints
         self._eds_users: dict[str, set[str]] = {}  # CLA name -> clusters using it
         self._clusters: dict[str, Cluster] = {}
         self._rds: dict[str, RouteTable] = {}

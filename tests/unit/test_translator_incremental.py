@@ -102,7 +102,7 @@ def test_bad_update_raises_and_changes_nothing() -> None:
     before = b.tables()
     name = "outbound|80||s1.ns.svc.cluster.local"
     with pytest.raises(TranslationError, match="ClusterLoadAssignment"):
-        b.apply(CLUSTER_LOAD_ASSIGNMENT, name, cla(name, "::1"))
+        b.apply(CLUSTER_LOAD_ASSIGNMENT, name, cla(name, "10.0.0.01"))
     bad_rc = rc("80", 0)
     bad_rc.virtual_hosts[0].routes[0].match.ClearField("prefix")
     with pytest.raises(TranslationError, match="RouteConfiguration '80'"):
