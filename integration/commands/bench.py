@@ -42,6 +42,7 @@ CLIENT_CPU, SERVER_CPU = "1", "0"
 N_BACKENDS = 3
 CONNECTIONS = 8
 PACE_MS = 1
+BACKGROUND_WINDOW_S = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -218,6 +219,14 @@ class Bench:
             dp.load()
             dp.apply(bench_tables(eps))
             self.say(f"datapath attached to {cg} (pins {BPFFS / cg.name})")
+            # the datapath's own threads (pool maintenance, splice listener) while idle: a
+            # cost every scenario below carries, direct included
+            p0, w0 = time.process_time(), time.monotonic()
+            time.sleep(BACKGROUND_WINDOW_S)
+            results["agent_idle_cpu_cores"] = (time.process_time() - p0) / (
+                time.monotonic() - w0)
+            self.say(f"datapath threads while idle: {results['agent_idle_cpu_cores']:.3f} "
+                     "cores")
 
             hop = EnvoyProcess(proxies.hop(eps), work / "envoy-hop")
             envoys.append(hop)
@@ -263,6 +272,12 @@ class Bench:
                              f"{self.low_s:g} s paced")
                     run_wrk(url, connections=CONNECTIONS, seconds=self.warm_s,
                             cpu=CLIENT_CPU, spawn=spawn)
+                    # what the machine burns without our load (other users, our idle
+                    # proxies and pool thread), measured over a fixed window
+                    b0 = CpuSample.now()
+                    time.sleep(BACKGROUND_WINDOW_S)
+                    b1 = CpuSample.now()
+                    background = b1.busy_seconds_since(b0) / (b1.at - b0.at)
                     before = dp.counters()
                     c0 = CpuSample.now()
                     sat = run_wrk(url, connections=CONNECTIONS, seconds=self.sat_s,
@@ -278,6 +293,9 @@ class Bench:
                            "cpu_s": cpu_s, "softirq_s": c1.softirq_seconds_since(c0),
                            "cpu_busy_share": busy,
                            "cpu_s_per_10k": cpu_s / max(sat.requests, 1) * 1e4,
+                           "background_cpu_per_s": background,
+                           "cpu_s_per_10k_net": max(cpu_s - background * (c1.at - c0.at), 0.0)
+                           / max(sat.requests, 1) * 1e4,
                            "fast_share": fast_path_share(delta) if spawn else None,
                            "counters": {c: v for c, v in delta.items() if v}}
                     if sat.errors or low.errors:
@@ -370,6 +388,8 @@ def _aggregate(recs: list[dict[str, Any]]) -> dict[str, Any]:
     shares = [r["fast_share"] for r in recs if r["fast_share"] is not None]
     return {"saturation": med("saturation"), "low_rate": med("low_rate"),
             "cpu_s_per_10k": _median([r["cpu_s_per_10k"] for r in recs]),
+            "cpu_s_per_10k_net": _median([r["cpu_s_per_10k_net"] for r in recs]),
+            "background_cpu_per_s": _median([r["background_cpu_per_s"] for r in recs]),
             "softirq_s_per_10k": _median([r["softirq_s"] / max(r["saturation"]["requests"], 1)
                                           * 1e4 for r in recs]),
             "fast_share": _median(shares) if shares else None,
