@@ -380,9 +380,9 @@ def docs_page(r: dict[str, Any], plots_rel: str, json_rel: str) -> str:
                   + ", ".join(f"{k} {v:.1%}" for k, v in fast.items()) + ".", ""]
     idle = r.get("agent_idle_cpu_cores")
     if idle is not None:
-        lines += [f"The datapath's user-space threads (pool maintenance, splice listener) "
+        lines += [(f"The datapath's user-space threads (pool maintenance, splice listener) "
                   f"used {idle:.3f} cores while idle; they run in every scenario, direct "
-                  "included, and are in every CPU figure above.", ""]
+                  "included, and are in every CPU figure above."), ""]
     if mem:
         hop = mem.get("envoy_hop_rss")
         maps = mem.get("bench_bpf_map_bytes")
