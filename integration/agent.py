@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from envoy.config.core.v3 import base_pb2
+from google.protobuf.message import Message
 
 from integration.commands.xds_dump import translator_validator
 from translator import TranslationError, translate
@@ -128,7 +129,7 @@ class Agent:
         self._factory = datapath_factory
         self.client = XdsClient(
             config.server, config.node, delta=config.delta,
-            validator=translator_validator,
+            validator=self._validate,
             does_not_exist_timeout=config.does_not_exist_timeout,
             ca_file=config.ca_file, token_file=config.token_file,
             server_name=config.server_name, backoff_max=config.backoff_max,
@@ -209,6 +210,19 @@ class Agent:
             await asyncio.to_thread(dp.close, detach)
 
     # ---- xDS -> tables -> datapath ----------------------------------------------------
+
+    def _validate(self, type_url: str, resources: Mapping[str, Message]) -> None:
+        """The client's validator: each resource on its own (translator.validate_resource),
+        then the last good snapshot with this response in it, translated whole, so that a
+        cross-resource error (a route config with validate_clusters naming a cluster that
+        does not exist) is a NACK too, never an ACK the datapath then cannot apply."""
+        translator_validator(type_url, resources)
+        candidate = resource_set(self.client.snapshot())
+        target = candidate.by_type(type_url)
+        if not self.config.delta and type_url in (LISTENER, CLUSTER):
+            target.clear()  # a SotW response of a wildcard type is its complete state
+        target.update(resources)
+        translate(candidate)
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
         self._latest = snapshot

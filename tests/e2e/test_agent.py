@@ -242,3 +242,30 @@ def test_status_without_agent_says_so() -> None:
     r = run_cli("status", "--admin-addr", f"127.0.0.1:{free_port()}")
     assert r.returncode == 1
     assert "no agent answering" in r.stderr
+
+
+async def test_cross_resource_translation_error_is_a_nack(server: tuple[AdsServer, int]) -> None:
+    """A route config that is valid alone but names a missing cluster with
+    validate_clusters=true: the whole-snapshot translation fails, so it is NACKed."""
+    srv, port = server
+    agent = Agent(AgentConfig(server=f"127.0.0.1:{port}", node=make_node("agent-test"),
+                              admin_addr=None, datapath=False))
+    await agent.start()
+    try:
+        await agent.wait_applied(lambda a: a.applied is not None, WAIT)
+        applied = dict(agent.applied.versions)  # type: ignore[union-attr]
+        rs = mesh.mesh_resources(demo_endpoints(), [
+            {"name": "to-nowhere", "match": {"prefix": "/"},
+             "route": {"cluster": "no-such-cluster"}}])
+        rs.route_configs[mesh.ROUTE_CONFIG].validate_clusters.value = True
+        srv.set_resources(rs)
+        ev = await srv.wait_for(lambda e: not e.ack, WAIT)
+        assert ev.error_detail is not None and "no-such-cluster" in ev.error_detail
+        await agent.client.wait_for(lambda c: agent.last_nack is not None, WAIT)
+        assert agent.apply_errors == 0  # rejected at the door, not at apply time
+        assert agent.applied is not None and agent.applied.versions == applied
+        assert agent.tables is not None
+        rules = agent.tables.route_tables[mesh.ROUTE_CONFIG].virtual_hosts[2].rules
+        assert {r.name for r in rules} == {"reviews-jason", "reviews-split"}  # last good
+    finally:
+        await agent.stop()
