@@ -30,7 +30,7 @@ from bpf.datapath import Datapath
 from integration import cgroups
 from integration.bench.envoy_compat import envoy_loadable
 from integration.bench.scenarios import bench_tables, merged, update_rule
-from integration.bench.system import bpf_map_memory, profile_top, rss_bytes
+from integration.bench.system import bpf_map_memory, largest_maps, profile_top, rss_bytes
 from integration.preflight import BPFFS
 from translator import TableBuilder
 from translator.resources import (
@@ -267,7 +267,7 @@ def memory_figures(rs: ResourceSet, workdir: Path, pkg_root: str,
             f"{map_bytes / 2**20:.1f} MiB; its own apply of the snapshot {rec['ms']:.0f} ms")
         return {"envoy_sidecar_rss": envoy_rss, "agent_rss": agent_rss, "bpf_maps": n_maps,
                 "bpf_map_bytes": map_bytes, "agent_apply_ms": rec["ms"],
-                "clusters": n_clusters}
+                "clusters": n_clusters, "largest_maps": largest_maps(agent.pid)}
     finally:
         if agent is not None:
             _stop(agent)

@@ -400,6 +400,10 @@ def docs_page(r: dict[str, Any], plots_rel: str, json_rel: str) -> str:
                       f"{ist['bpf_map_bytes'] / 2**20:.1f} MiB; the agent applied the "
                       f"snapshot (translation + kernel) in {ist['agent_apply_ms']:.0f} ms"),
                       "", f"![memory]({plots_rel}/memory.png)"]
+            big = ist.get("largest_maps")
+            if big:
+                lines += ["", "Largest BPF maps (memlock): " + ", ".join(
+                    f"{m['name']} {m['bytes'] / 2**20:.1f} MiB" for m in big) + "."]
         lines.append("")
     if ctl:
         s, e, u = ctl["snapshot_apply"], ctl["endpoint_change"], ctl["route_updates"]

@@ -69,15 +69,10 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def bpf_map_memory(pid: int) -> tuple[int, int]:
-    """(maps, bytes): BPF maps ``pid`` holds open and their ``memlock`` sum, each map once.
-
-    Read from /proc/PID/fdinfo, which the kernel fills with ``map_id`` and ``memlock`` for
-    every map fd (the same figure ``bpftool map show`` prints as memlock).
-    """
+def bpf_map_sizes(pid: int) -> dict[int, int]:
+    """map_id -> memlock bytes of every BPF map ``pid`` holds open (/proc/PID/fdinfo)."""
     seen: dict[int, int] = {}
-    fd_dir = Path(f"/proc/{pid}/fdinfo")
-    for info in fd_dir.iterdir():
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
         try:
             text = info.read_text()
         except OSError:
@@ -89,6 +84,29 @@ def bpf_map_memory(pid: int) -> tuple[int, int]:
             seen[int(fields["map_id"])] = int(fields.get("memlock", "0"))
         except (KeyError, ValueError):
             continue
+    return seen
+
+
+def largest_maps(pid: int, top: int = 6) -> list[dict[str, Any]]:
+    """The ``top`` largest BPF maps ``pid`` holds: name and memlock bytes (names: bpftool)."""
+    sizes = bpf_map_sizes(pid)
+    try:
+        p = subprocess.run(["bpftool", "-j", "map", "show"], capture_output=True, text=True,
+                           timeout=30, check=True)
+        names = {int(m["id"]): str(m.get("name", "?")) for m in json.loads(p.stdout)}
+    except (OSError, subprocess.SubprocessError, ValueError):
+        names = {}
+    rows = sorted(sizes.items(), key=lambda kv: -kv[1])[:top]
+    return [{"name": names.get(i, str(i)), "bytes": b} for i, b in rows]
+
+
+def bpf_map_memory(pid: int) -> tuple[int, int]:
+    """(maps, bytes): BPF maps ``pid`` holds open and their ``memlock`` sum, each map once.
+
+    Read from /proc/PID/fdinfo, which the kernel fills with ``map_id`` and ``memlock`` for
+    every map fd (the same figure ``bpftool map show`` prints as memlock).
+    """
+    seen = bpf_map_sizes(pid)
     return len(seen), sum(seen.values())
 
 
