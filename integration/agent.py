@@ -338,7 +338,7 @@ class Agent:
             return {}
         from integration import datapath_info as info
 
-        return info.names(getattr(self.datapath, "encoder", None))
+        return info.names_of(self.datapath)
 
     def datapath_status(self) -> dict[str, Any]:
         """Loaded or not (and why), cgroups, pins, program ids, map fill, counters."""
@@ -358,7 +358,7 @@ class Agent:
             "adopted": lambda: _adopted(dp),
             "socket_keeper_pid": lambda: getattr(getattr(dp, "keeper", None), "pid", None),
             "programs": lambda: info.program_ids(self.config.pin_dir),
-            "maps": lambda: info.map_fill(self.config.pin_dir, getattr(dp, "encoder", None)),
+            "maps": lambda: info.fill_of(dp),
             "counters": lambda: dp.counters(),  # type: ignore[attr-defined]
         }
         for key, probe in probes.items():

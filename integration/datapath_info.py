@@ -124,3 +124,26 @@ def endpoint_stats(datapath: Any) -> list[dict[str, Any]]:
             out.append({"cluster": cname, "endpoint": addr, "active": ep.get("active", 0),
                         "pool": len(pool), "idle": sum(1 for s in pool if s == "idle")})
     return out
+
+
+# The agent's datapath may be bpf's Datapath in this process or the keeper's proxy
+# (integration/kept_datapath.py), which answers these itself; one entry point for both.
+
+def names_of(datapath: Any) -> dict[str, dict[str, Any]]:
+    """Id -> name tables of whichever datapath the agent runs."""
+    fn = getattr(datapath, "names", None)
+    return fn() if callable(fn) else names(getattr(datapath, "encoder", None))  # type: ignore[no-any-return]
+
+
+def fill_of(datapath: Any) -> dict[str, tuple[int, int]]:
+    """Map fill of whichever datapath the agent runs."""
+    fn = getattr(datapath, "map_fill", None)
+    if callable(fn):
+        return fn()  # type: ignore[no-any-return]
+    return map_fill(datapath.pin_dir, getattr(datapath, "encoder", None))
+
+
+def endpoints_of(datapath: Any) -> list[dict[str, Any]]:
+    """Endpoint stats of whichever datapath the agent runs."""
+    fn = getattr(datapath, "endpoint_stats", None)
+    return fn() if callable(fn) else endpoint_stats(datapath)  # type: ignore[no-any-return]

@@ -120,11 +120,10 @@ class AgentCollector(Collector):
         if isinstance(stats, Mapping):
             yield from self._keeper(stats)
 
-        endpoints = _safe(lambda: info.endpoint_stats(dp), "endpoint stats")
+        endpoints = _safe(lambda: info.endpoints_of(dp), "endpoint stats")
         if endpoints:
             yield from self._endpoints(endpoints)
-        fill = _safe(lambda: info.map_fill(a.config.pin_dir, getattr(dp, "encoder", None)),
-                     "map fill")
+        fill = _safe(lambda: info.fill_of(dp), "map fill")
         if isinstance(fill, Mapping):
             entries = GaugeMetricFamily("sockmesh_map_entries", "entries in a kernel map",
                                         labels=["map"])

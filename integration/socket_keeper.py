@@ -1,24 +1,26 @@
-"""The socket keeper: the datapath's user-space sockets in a process that outlives the agent.
+"""The socket keeper: bpf's Datapath in a process that outlives the agent.
 
 Why: the kernel programs and maps are pinned and survive an agent killed with SIGKILL, but
 the splice listener (where connect4 sends L7 connections), the accepted application
 connections and the pooled backend connections are sockets, and sockets die with the process
 that owns them.  If the agent owned them, a SIGKILL would close every spliced connection and
-refuse new ones until a new agent started.  So the agent starts this keeper in its own
-session; it holds bpf's SpliceListener (with the slow path) and Pools, and the agent tells it
-the tables and endpoints after each apply.  A restarted agent finds the keeper by its control
-socket and adopts it together with the pinned programs; nothing is dropped.
+refuse new ones until a new agent started.  So the agent runs ``bpf.datapath.Datapath``
+(loader, encoder, splice listener with the slow path, pools: all of it, unchanged) in this
+process, started in its own session, and sends it each new set of tables.  A restarted agent
+finds the keeper by its control socket and adopts it; nothing is dropped.
 
-Lifetime: ``stop`` from the agent (SIGTERM path: the agent detaches and unpins), or the pin
-dir disappearing (checked every second), ends it.  Control: multiprocessing.connection over a
-root-only unix socket ``/run/sockmesh/<pin dir name>.sock`` with a random key next to it.
+Lifetime: ``stop`` from the agent (SIGTERM path: detach and unpin, or keep pinned), or the
+pin dir disappearing (checked every second), ends it.  Control: multiprocessing.connection
+over a root-only unix socket ``/run/sockmesh/<pin dir name>.sock`` with a random key next to
+it.  At start it prints one JSON line: ``{"ok": true}`` or ``{"error": "why"}``.
 
-    python -m integration.socket_keeper --pin-dir PATH   (started by the agent)
+    python -m integration.socket_keeper --pin-dir PATH --cgroup PATH...  (started by the agent)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import secrets
@@ -36,7 +38,7 @@ import integration
 log = logging.getLogger(__name__)
 RUN_DIR = Path("/run/sockmesh")
 PKG_ROOT = str(Path(integration.__file__).resolve().parents[1])
-START_TIMEOUT = 30.0
+START_TIMEOUT = 180.0  # compiling four programs with bcc on a busy 2-core machine
 
 
 def control_paths(pin_dir: Path) -> tuple[Path, Path]:
@@ -46,45 +48,57 @@ def control_paths(pin_dir: Path) -> tuple[Path, Path]:
 
 
 class KeeperError(RuntimeError):
-    """The keeper could not be started or reached."""
+    """The keeper could not be started, could not load the datapath, or did not answer."""
 
 
 class KeeperClient:
     """The agent's handle on a running keeper."""
 
-    def __init__(self, conn: Connection, info: dict[str, Any]) -> None:
+    def __init__(self, conn: Connection, proc: subprocess.Popen[str] | None = None) -> None:
         self.conn = conn
-        self.info = info
+        self.proc = proc  # set when this agent started the keeper (to reap it)
+        self.info: dict[str, Any] = {}
         self._lock = threading.Lock()
-
-    @property
-    def splice(self) -> tuple[str, int]:
-        """Where connect4 must send L7 connections."""
-        host, port = self.info["splice"]
-        return str(host), int(port)
 
     @property
     def pid(self) -> int:
         """The keeper's PID."""
-        return int(self.info["pid"])
+        return int(self.info.get("pid", 0))
 
-    def call(self, *msg: Any, timeout: float = 30.0) -> Any:
-        """Send one request and wait for its reply."""
+    def call(self, *msg: Any, timeout: float = 60.0) -> Any:
+        """Send one request and wait for its reply; KeeperError on an error reply."""
         with self._lock:
-            self.conn.send(msg)
-            if not self.conn.poll(timeout):
-                raise KeeperError(f"socket keeper (pid {self.pid}) did not answer {msg[0]!r}")
-            reply = self.conn.recv()
+            try:
+                self.conn.send(msg)
+                if not self.conn.poll(timeout):
+                    raise KeeperError(f"socket keeper (pid {self.pid}) did not answer "
+                                      f"{msg[0]!r} within {timeout:g} s")
+                reply = self.conn.recv()
+            except (OSError, EOFError) as exc:
+                raise KeeperError(f"socket keeper (pid {self.pid}) gone: {exc}") from exc
         if isinstance(reply, dict) and "error" in reply:
             raise KeeperError(f"socket keeper: {msg[0]}: {reply['error']}")
         return reply
 
     def close(self) -> None:
-        """Drop the connection (the keeper keeps running)."""
+        """Drop the connection (the keeper keeps running unless it was told to stop)."""
         self.conn.close()
 
+    def wait_exit(self, timeout: float = 10.0) -> None:
+        """After ``stop``: wait for the keeper process to end."""
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            return
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{self.pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
 
-def connect(pin_dir: Path, timeout: float = 2.0) -> KeeperClient | None:
+
+def connect(pin_dir: Path, timeout: float = 5.0) -> KeeperClient | None:
     """The running keeper of ``pin_dir``, or None when there is none."""
     sock, key = control_paths(pin_dir)
     if not sock.exists() or not key.exists():
@@ -94,17 +108,26 @@ def connect(pin_dir: Path, timeout: float = 2.0) -> KeeperClient | None:
     except (OSError, EOFError) as exc:
         log.info("no socket keeper answering on %s (%s)", sock, exc)
         return None
-    client = KeeperClient(conn, {"splice": ("127.0.0.1", 0), "pid": 0})
+    client = KeeperClient(conn)
     try:
         client.info = client.call("hello", timeout=timeout)
-    except (KeeperError, OSError, EOFError):
+    except KeeperError:
         conn.close()
         return None
     return client
 
 
-def spawn(pin_dir: Path, host: str = "127.0.0.1", warm: int = 2) -> KeeperClient:
-    """Start a keeper for ``pin_dir`` in its own session and connect to it."""
+def spawn(cgroups: list[Path], pin_dir: Path) -> KeeperClient:
+    """Start a keeper that loads the datapath; connect to it.  KeeperError says why not."""
+    try:
+        return _spawn(cgroups, pin_dir)
+    except BaseException:
+        for path in control_paths(pin_dir):
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _spawn(cgroups: list[Path], pin_dir: Path) -> KeeperClient:
     RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     sock, key = control_paths(pin_dir)
     sock.unlink(missing_ok=True)
@@ -112,69 +135,83 @@ def spawn(pin_dir: Path, host: str = "127.0.0.1", warm: int = 2) -> KeeperClient
     key.chmod(0o600)
     env = dict(os.environ)
     env["PYTHONPATH"] = PKG_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "integration.socket_keeper", "--pin-dir", str(pin_dir),
-         "--host", host, "--warm", str(warm)],
-        cwd=PKG_ROOT, env=env, start_new_session=True,  # survives the agent and its Ctrl-C
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise KeeperError(f"socket keeper exited at start (status {proc.returncode})")
-        client = connect(pin_dir) if sock.exists() else None
-        if client is not None:
-            return client
-        time.sleep(0.02)
-    proc.kill()
-    raise KeeperError(f"socket keeper did not come up within {START_TIMEOUT:g} s")
+    argv = [sys.executable, "-m", "integration.socket_keeper", "--pin-dir", str(pin_dir)]
+    for cg in cgroups:
+        argv += ["--cgroup", str(cg)]
+    proc = subprocess.Popen(argv, cwd=PKG_ROOT, env=env, text=True,
+                            start_new_session=True,  # survives the agent and its Ctrl-C
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    # the keeper prints one line once the datapath is loaded (or why it is not)
+    timer = threading.Timer(START_TIMEOUT, proc.kill)
+    timer.start()
+    try:
+        line = proc.stdout.readline()
+    finally:
+        timer.cancel()
+        proc.stdout.close()
+    try:
+        status = json.loads(line)
+    except ValueError:
+        proc.wait(5)
+        raise KeeperError(f"socket keeper exited without loading the datapath "
+                          f"(status {proc.returncode}): {line.strip()!r}") from None
+    if "error" in status:
+        proc.wait(10)
+        raise KeeperError(status["error"])
+    client = connect(pin_dir, timeout=30)
+    if client is None:
+        proc.kill()
+        proc.wait(5)
+        raise KeeperError("socket keeper loaded the datapath but does not answer")
+    client.proc = proc
+    return client
 
 
 # ---- the keeper process ----------------------------------------------------------------------
 
 class Keeper:
-    """Holds the splice listener (slow path) and the pools; obeys the agent."""
+    """Owns one bpf Datapath; obeys the agent."""
 
-    def __init__(self, pin_dir: Path, host: str, warm: int) -> None:
-        from bpf.pools import Pools
-        from bpf.splice import SpliceListener
+    def __init__(self, cgroups: list[Path], pin_dir: Path) -> None:
+        from bpf.datapath import Datapath
 
         self.pin_dir = pin_dir
-        self.rt_names: dict[int, str] = {}
-        self.splice = SpliceListener(pin_dir, host, route_table_name=self.rt_names.get)
-        self.pools = Pools(pin_dir, warm=warm)
+        self.dp = Datapath(cgroups, pin_dir)
         self.stopping = threading.Event()
-
-    def start(self) -> None:
-        self.splice.start()
-        self.pools.start()
+        self.detach = True
 
     def handle(self, msg: tuple[Any, ...]) -> Any:
         """One request from the agent -> its reply."""
+        from integration import datapath_info as info
+
         op = msg[0]
+        dp = self.dp
         if op == "hello":
-            return {"splice": list(self.splice.addr), "pid": os.getpid()}
-        if op == "tables":
-            # the slow path sees new tables (and their ids) before the kernel maps change
-            _, tables, rt_names = msg
-            self.rt_names.clear()
-            self.rt_names.update(rt_names)
-            self.splice.tables = tables
-            return "ok"
-        if op == "endpoints":
-            self.pools.set_endpoints(msg[1])
-            self.pools.maintain()
-            return "ok"
+            return {"pid": os.getpid(), "splice": list(dp.splice.addr) if dp.splice else None,
+                    "reused_pins": bool(dp.loader and dp.loader.reused)}
+        if op == "apply":
+            return dp.apply(msg[1])
+        if op == "names":
+            return info.names(dp.encoder)
+        if op == "map_fill":
+            return info.map_fill(self.pin_dir, dp.encoder)
+        if op == "endpoint_stats":
+            return info.endpoint_stats(dp)
+        if op == "dump":
+            return dp.dump()
         if op == "stats":
-            return {"slow_path": dict(self.splice.stats), "pool_replaced": self.pools.replaced,
-                    "pool_grown": self.pools.grown}
+            return {"slow_path": dict(dp.splice.stats) if dp.splice else {},
+                    "pool_replaced": dp.pools.replaced if dp.pools else 0,
+                    "pool_grown": dp.pools.grown if dp.pools else 0}
         if op == "stop":
+            # close before answering, so the agent knows the programs are detached (or
+            # deliberately left pinned) when the reply arrives
+            self.detach = bool(msg[1]) if len(msg) > 1 else True
+            dp.close(detach=self.detach)
             self.stopping.set()
             return "ok"
         return {"error": f"unknown request {op!r}"}
-
-    def close(self) -> None:
-        self.pools.close()
-        self.splice.close()
 
 
 def _serve(keeper: Keeper, listener: Listener) -> None:
@@ -199,33 +236,41 @@ def _conversation(keeper: Keeper, conn: Connection) -> None:
                 reply = keeper.handle(msg)
             except Exception as exc:  # noqa: BLE001 - report to the agent, keep running
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
-            conn.send(reply)
+            try:
+                conn.send(reply)
+            except (OSError, EOFError):
+                return
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the keeper until told to stop or its pin dir disappears."""
+    """Load the datapath, then serve the agent until told to stop or the pins disappear."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pin-dir", type=Path, required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--warm", type=int, default=2)
+    p.add_argument("--cgroup", type=Path, action="append", required=True)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s socket-keeper: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent's Ctrl-C is the agent's
-    keeper = Keeper(args.pin_dir, args.host, args.warm)
-    keeper.start()
+    keeper = Keeper(args.cgroup, args.pin_dir)
+    try:
+        keeper.dp.load()
+    except Exception as exc:  # noqa: BLE001 - the agent fails open with this reason
+        print(json.dumps({"error": str(exc) or type(exc).__name__}), flush=True)
+        return 1
     sock, key = control_paths(args.pin_dir)
     listener = Listener(str(sock), family="AF_UNIX", authkey=key.read_bytes())
     sock.chmod(0o600)
     signal.signal(signal.SIGTERM, lambda *_: keeper.stopping.set())
     threading.Thread(target=_serve, args=(keeper, listener), daemon=True).start()
+    print(json.dumps({"ok": True}), flush=True)
+    sys.stdout.close()
     try:
         while not keeper.stopping.wait(1.0):
             if not (args.pin_dir / "sm_services_v1").exists():
                 log.warning("pin dir %s is gone; exiting", args.pin_dir)
                 break
     finally:
-        keeper.close()
+        keeper.dp.close(detach=keeper.detach)
         listener.close()
         sock.unlink(missing_ok=True)
         key.unlink(missing_ok=True)
