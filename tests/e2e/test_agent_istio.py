@@ -138,3 +138,37 @@ def test_istiod_listener_shapes_map_to_service_entries() -> None:
     skipped = dict(tables.skipped_listeners)
     assert "original-destination" in skipped["virtualOutbound"]
     assert "inbound" in skipped["virtualInbound"]
+
+
+@pytest.mark.istiod
+def test_agent_in_istio_mode_against_a_real_istiod(tmp_path: Path) -> None:
+    """`sockmesh run --istio --plaintext` as a real process against a standalone istiod
+    1.29: the sidecar identity is accepted, everything is ACKed (no NACK), and istiod's
+    listeners become service entries (0.0.0.0_PORT HTTP), virtualInbound/Outbound skipped."""
+    from tests.e2e.agent_harness import end, http_get, poll
+    from tests.support.backends import free_port
+    from tests.support.istiod import CONFIG_DIR, NAMESPACE, Istiod
+
+    admin = free_port()
+    with Istiod(CONFIG_DIR, tmp_path) as istiod:
+        env = {"PATH": "/usr/bin:/bin", "POD_NAME": "sockmesh-agent-test",
+               "POD_NAMESPACE": NAMESPACE, "INSTANCE_IP": "127.0.0.1"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "integration.cli", "run", "--istio", "--plaintext",
+             "--xds-server", istiod.xds_address, "--no-datapath", "--missing-after", "3",
+             "--metrics-addr", f"127.0.0.1:{admin}"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            def applied() -> dict[str, Any] | None:
+                st = json.loads(http_get(admin, "/status"))
+                a = st["config"]["applied"]
+                return st if a and a["services"] > 0 and a["clusters"] > 0 else None
+            st = poll(applied, 60, "agent applied istiod's config")
+        finally:
+            end(proc)
+    assert st["xds"]["nacks"] == 0, st["xds"]["last_nack"]
+    assert st["xds"]["connected"]
+    for short in ("LDS", "RDS", "CDS", "EDS"):
+        assert st["xds"]["types"][short]["resources"] > 0, short
+    assert st["config"]["applied"]["route_tables"] >= 1
+    assert st["config"]["applied"]["endpoints"] >= 1
