@@ -28,4 +28,13 @@ WELL_KNOWN: dict[str, bytes] = {
     "SCHEME_HTTP": b"http",
     "CONNECTION": b"connection",
     "CLOSE": b"close",
+    # request methods the kernel routes itself (Envoy refuses unknown ones with 400; the
+    # slow path does the same)
+    "M_GET": b"GET",
+    "M_POST": b"POST",
+    "M_PUT": b"PUT",
+    "M_DELETE": b"DELETE",
+    "M_OPTIONS": b"OPTIONS",
+    "M_PATCH": b"PATCH",
+    "M_TRACE": b"TRACE",
 }

@@ -45,6 +45,8 @@ static __always_inline void sm_header_name_done(struct sm_scratch *s)
 		p->cur = SM_H_CL;
 	else if (h == SM_HASH_TRANSFER_ENCODING)
 		p->cur = SM_H_TE;
+	if (p->cur == SM_H_CL && p->has_cl)
+		p->bad = SM_R_NOT_HTTP; /* a second Content-Length: user space refuses it */
 	if (p->cur == SM_H_OTHER) {
 		__u32 *slot = sm_hdrslots_v1.lookup(&h);
 		if (slot)
@@ -80,7 +82,13 @@ static __always_inline void sm_parse_byte(struct sm_scratch *s, __u32 i, __u8 c)
 
 	if (st == SM_S_METHOD) {
 		if (c == ' ') {
+			__u64 m = p->mhash;
 			if (p->mlen == 0)
+				p->bad = SM_R_NOT_HTTP;
+			/* unknown methods (and CONNECT) go to user space, which refuses them */
+			if (m != SM_HASH_M_GET && m != SM_HASH_HEAD && m != SM_HASH_M_POST &&
+			    m != SM_HASH_M_PUT && m != SM_HASH_M_DELETE && m != SM_HASH_M_OPTIONS &&
+			    m != SM_HASH_M_PATCH && m != SM_HASH_M_TRACE)
 				p->bad = SM_R_NOT_HTTP;
 			sm_slot_set(s, SM_SLOT_METHOD, p->mhash, p->mlen);
 			p->poff = i + 1;
@@ -184,8 +192,8 @@ static __always_inline void sm_parse_byte(struct sm_scratch *s, __u32 i, __u8 c)
 		sm_header_value_done(s);
 		return;
 	}
-	if (c == '\n') {
-		p->bad = SM_R_NOT_HTTP;
+	if (c == '\n' || (c < 0x20 && c != '\t') || c == 0x7f) {
+		p->bad = SM_R_NOT_HTTP; /* control characters in a value: user space refuses them */
 		return;
 	}
 	/* header values compare case-sensitively, except Transfer-Encoding's token */

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bpf import layout as L
 from bpf.lb import Picker
@@ -31,15 +32,29 @@ from translator.tables import Tables
 
 log = logging.getLogger(__name__)
 
-HEAD_MAX = 64 * 1024
+HEAD_MAX = 60 * 1024  # Envoy's default max_request_headers_kb
 PENDING_FAIL_S = 5.0  # how long a 503 waits for its connection to be accepted
 IO_TIMEOUT = 10.0
 METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE",
            b"CONNECT")
+MAX_HEADERS = 100  # Envoy's default max_headers_count
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_TCHAR_B = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+                     b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 class NotHttp(Exception):
     """The bytes are not an HTTP/1.x request."""
+
+
+class BadRequest(Exception):
+    """HTTP/1.x, but malformed: answered with ``status`` and the connection closed."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 @dataclass
@@ -49,6 +64,8 @@ class ParsedRequest:
     version: str
     headers: list[tuple[str, str]]
     raw: bytes  # head + body exactly as received (forwarded verbatim)
+    authority: str = ""  # what the router matches: Host, or the absolute-form URL's
+    path: str = ""  # the origin-form path (+ query) of the target
 
 
 def _recv_more(sock: socket.socket, buf: bytearray) -> None:
@@ -58,50 +75,121 @@ def _recv_more(sock: socket.socket, buf: bytearray) -> None:
     buf.extend(chunk)
 
 
-def read_request(sock: socket.socket, buf: bytearray) -> ParsedRequest:
-    """One complete request (head and body) from buf + sock; consumes it from buf."""
-    while b"\r\n\r\n" not in buf:
-        head = bytes(buf[:16])
-        if b" " in head:
-            if head.split(b" ", 1)[0] not in METHODS:
-                raise NotHttp  # TLS ClientHello, "PRI * HTTP/2.0", ...
-        elif len(head) >= 16 or not all(65 <= b <= 90 for b in head):
-            raise NotHttp
-        if len(buf) > HEAD_MAX:
-            raise NotHttp
-        _recv_more(sock, buf)
-    end = buf.index(b"\r\n\r\n") + 4
-    lines = bytes(buf[: end - 4]).decode("latin-1").split("\r\n")
+def _chunked_body(sock: socket.socket, buf: bytearray, pos: int) -> int:
+    """Position just past a chunked body starting at ``pos`` (sizes checked strictly)."""
+    while True:
+        while b"\r\n" not in buf[pos:]:
+            if len(buf) - pos > 1024:
+                raise BadRequest("chunk size line too long")
+            _recv_more(sock, buf)
+        i = buf.index(b"\r\n", pos)
+        size_text = bytes(buf[pos:i]).split(b";")[0].strip(b" \t")
+        if not size_text or len(size_text) > 16 or not all(c in _HEX for c in size_text):
+            raise BadRequest(f"bad chunk size {size_text[:20]!r}")
+        size = int(size_text, 16)
+        pos = i + 2
+        if size == 0:
+            while True:  # trailers up to the empty line
+                while b"\r\n" not in buf[pos:]:
+                    _recv_more(sock, buf)
+                i = buf.index(b"\r\n", pos)
+                pos, empty = i + 2, i == pos
+                if empty:
+                    return pos
+        while len(buf) < pos + size + 2:
+            _recv_more(sock, buf)
+        if buf[pos + size:pos + size + 2] != b"\r\n":
+            raise BadRequest("chunk data longer than its size")
+        pos += size + 2
+
+
+def _check_head(lines: list[str]) -> tuple[list[tuple[str, str]], str, str]:
+    """Validate the request line and header fields the way a strict HTTP/1.1 server must
+    (RFC 9110/9112, and Envoy's defaults where they differ): BadRequest names the problem.
+    Returns (headers, authority, path) as the router sees them."""
     parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise NotHttp
+    if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
+        raise BadRequest(f"bad request line {lines[0][:60]!r}")
+    method, target, _ = parts
+    if method.encode() not in METHODS:
+        raise BadRequest(f"unknown method {method[:20]!r}")
+    if not target or any(ord(c) < 0x21 or ord(c) == 0x7F for c in target):
+        raise BadRequest("bad request target")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise BadRequest(f"more than {MAX_HEADERS} header fields", 431)
     headers = []
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep:
-            raise NotHttp
-        headers.append((name.strip().lower(), value.strip()))
+        if not sep or not name or any(c not in _TCHAR for c in name):
+            raise BadRequest(f"bad header field {line[:40]!r}")  # also obs-fold, "a : b"
+        value = value.strip(" \t")
+        if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
+            raise BadRequest(f"control character in header {name[:40]!r}")
+        headers.append((name.lower(), value))
+    hosts = [v for n, v in headers if n == "host"]
+    lengths = [v for n, v in headers if n == "content-length"]
+    codings = [v.lower() for n, v in headers if n == "transfer-encoding"]
+    if len(hosts) > 1:
+        raise BadRequest("more than one Host header")
+    if lengths and codings:
+        raise BadRequest("both Content-Length and Transfer-Encoding")
+    if len(lengths) > 1:
+        raise BadRequest("more than one Content-Length header")
+    if lengths and (not lengths[0].isdigit() or not lengths[0].isascii()
+                    or len(lengths[0]) > 18):
+        raise BadRequest(f"bad Content-Length {lengths[0][:24]!r}")
+    if codings and codings != ["chunked"]:
+        raise BadRequest(f"unsupported Transfer-Encoding {', '.join(codings)[:40]!r}", 501)
+    authority, path = (hosts[0] if hosts else ""), target
+    if target.startswith(("http://", "https://")):
+        # absolute-form: the router sees the URL's authority and path (RFC 9112 3.2.2)
+        url = urlsplit(target)
+        authority = url.netloc
+        path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    return headers, authority, path
+
+
+def _looks_http(data: bytes) -> bool | None:
+    """Whether ``data`` starts like an HTTP/1.x request (None: too few bytes to tell).
+    A request line that names a known method or ends in an HTTP/1.x version is HTTP, even
+    when malformed (then it is refused, never relayed)."""
+    if H2_PREFACE.startswith(data[: len(H2_PREFACE)]):
+        return None if len(data) < len(H2_PREFACE) else False
+    line, crlf, _ = data.partition(b"\r\n")
+    first = line.split(b" ", 1)[0]
+    if first in METHODS or (crlf and line.endswith((b" HTTP/1.1", b" HTTP/1.0"))):
+        return True
+    if crlf or b" " in line[:17]:
+        return False
+    if len(line) >= 16 or any(c not in _TCHAR_B for c in line):
+        return False
+    return None
+
+
+def read_request(sock: socket.socket, buf: bytearray) -> ParsedRequest:
+    """One complete request (head and body) from buf + sock; consumes it from buf.
+
+    NotHttp: the bytes are not HTTP/1.x at all (relayed opaquely).  BadRequest: they are,
+    but malformed (answered 4xx and closed, never forwarded)."""
+    while b"\r\n\r\n" not in buf:
+        kind = _looks_http(bytes(buf[:HEAD_MAX]))
+        if kind is False:
+            raise NotHttp  # TLS ClientHello, the HTTP/2 preface, random bytes, ...
+        if len(buf) > HEAD_MAX:
+            raise BadRequest("request header section over the limit", 431)
+        _recv_more(sock, buf)
+    end = buf.index(b"\r\n\r\n") + 4
+    if not _looks_http(bytes(buf[:end])):
+        raise NotHttp
+    if end - 4 > HEAD_MAX:
+        raise BadRequest("request header section over the limit", 431)
+    lines = bytes(buf[: end - 4]).decode("latin-1").split("\r\n")
+    headers, authority, path = _check_head(lines)
+    parts = lines[0].split(" ")
     hmap = dict(headers)
     pos = end
-    if hmap.get("transfer-encoding", "").lower() == "chunked":
-        while True:
-            while b"\r\n" not in buf[pos:]:
-                _recv_more(sock, buf)
-            i = buf.index(b"\r\n", pos)
-            size = int(bytes(buf[pos:i]).split(b";")[0], 16)
-            pos = i + 2
-            if size == 0:
-                while True:  # trailers up to the empty line
-                    while b"\r\n" not in buf[pos:]:
-                        _recv_more(sock, buf)
-                    i = buf.index(b"\r\n", pos)
-                    pos, empty = i + 2, i == pos
-                    if empty:
-                        break
-                break
-            while len(buf) < pos + size + 2:
-                _recv_more(sock, buf)
-            pos += size + 2
+    if hmap.get("transfer-encoding"):
+        pos = _chunked_body(sock, buf, pos)
     else:
         n = int(hmap.get("content-length", "0") or 0)
         while len(buf) < pos + n:
@@ -109,7 +197,7 @@ def read_request(sock: socket.socket, buf: bytearray) -> ParsedRequest:
         pos += n
     raw = bytes(buf[:pos])
     del buf[:pos]
-    return ParsedRequest(parts[0], parts[1], parts[2], headers, raw)
+    return ParsedRequest(parts[0], parts[1], parts[2], headers, raw, authority, path)
 
 
 def read_response(sock: socket.socket, buf: bytearray, method: str) -> bytes:
@@ -161,11 +249,14 @@ def read_response(sock: socket.socket, buf: bytearray, method: str) -> bytes:
     return out
 
 
-def local_reply(status: int, location: str | None = None, body: str = "") -> bytes:
+def local_reply(status: int, location: str | None = None, body: str = "",
+                close: bool = False) -> bytes:
     """A response the agent writes itself (no route, cluster not found, redirect, ...)."""
     data = body.encode()
     head = [f"HTTP/1.1 {status} {'sockmesh'}", f"content-length: {len(data)}",
             "x-sockmesh-path: user"]
+    if close:
+        head.append("connection: close")
     if location:
         head.append(f"location: {location}")
     return ("\r\n".join(head) + "\r\n\r\n").encode() + data
@@ -277,6 +368,11 @@ class SpliceListener:
                     self._count("opaque")
                     self._relay_opaque(conn, buf, st)
                     return
+                except BadRequest as bad:
+                    self._count(f"bad_request_{bad.status}")
+                    log.debug("slow path %s: %s", peer, bad)
+                    conn.sendall(local_reply(bad.status, body=str(bad), close=True))
+                    return
                 self._handle(conn, req, st, upstreams)
                 if not buf:
                     self._release_to_kernel(key)
@@ -297,7 +393,8 @@ class SpliceListener:
         if table is None:
             return None
         hmap = dict(req.headers)
-        mreq = model.Request(method=req.method, authority=hmap.get("host", ""), path=req.target,
+        mreq = model.Request(method=req.method, authority=req.authority or hmap.get("host", ""),
+                             path=req.path or req.target,
                              headers=tuple((n, v) for n, v in req.headers if n != "host"))
         return model.route(table, mreq, self.tables.clusters)
 
