@@ -29,6 +29,8 @@ from tenacity import (
 
 from xds_client.protocol import (
     DEFAULT_DOES_NOT_EXIST_TIMEOUT,
+    DEFAULT_NACK_BACKOFF_INITIAL,
+    DEFAULT_NACK_BACKOFF_MAX,
     AdsProtocol,
     DoesNotExist,
     Event,
@@ -96,7 +98,9 @@ class XdsClient:
     ``server`` is ``HOST:PORT``.  With ``ca_file`` the channel is TLS (verifying the server
     against that CA; ``server_name`` overrides the name checked), and ``token_file`` adds a
     bearer token read on every connect.  ``validator(type_url, resources_by_name)`` may
-    raise to NACK a response; its message becomes the NACK's error_detail.
+    raise to NACK a response; its message becomes the NACK's error_detail.  Consecutive
+    NACKs of one type are spaced ``nack_backoff_initial`` doubling up to
+    ``nack_backoff_max`` seconds apart (see :mod:`xds_client.protocol`).
     """
 
     def __init__(
@@ -113,6 +117,8 @@ class XdsClient:
         server_name: str | None = None,
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
+        nack_backoff_initial: float = DEFAULT_NACK_BACKOFF_INITIAL,
+        nack_backoff_max: float = DEFAULT_NACK_BACKOFF_MAX,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.server = server
@@ -121,6 +127,8 @@ class XdsClient:
             node, delta=delta, validator=validator,
             does_not_exist_timeout=does_not_exist_timeout,
             follow_references=follow_references,
+            nack_backoff_initial=nack_backoff_initial,
+            nack_backoff_max=nack_backoff_max,
         )
         self.watchers = Watchers()
         self._ca_file = ca_file
@@ -322,6 +330,8 @@ class XdsClient:
                 out = self.core.receive(resp, self._clock())
                 self._send(out.requests)
                 self._dispatch(out.events)
+                if not out.requests:
+                    self._wake.set()  # a NACK held back (rate limit) has a new deadline
         except grpc.aio.AioRpcError as exc:
             self._last_error = f"{exc.code().name}: {exc.details()}"
         except OSError as exc:  # e.g. an unreadable token file
@@ -349,7 +359,8 @@ class XdsClient:
                 return
 
     async def _ticker(self) -> None:
-        """Fire does-not-exist deadlines; woken early when new timers start."""
+        """Fire does-not-exist deadlines and send held NACKs; woken early when new timers
+        start."""
         while True:
             deadline = self.core.next_deadline()
             wait = 1.0 if deadline is None else max(0.0, deadline - self._clock())
@@ -358,5 +369,7 @@ class XdsClient:
                 await asyncio.wait_for(self._wake.wait(), min(wait, 1.0))
             except TimeoutError:
                 pass
+            out = self.core.tick(self._clock())
+            self._send(out.requests)
             # tick may also end an initial fetch without events: always notify waiters
-            self._dispatch(self.core.tick(self._clock()))
+            self._dispatch(out.events)

@@ -19,7 +19,12 @@ without a network (see tests/unit/test_xds_protocol.py):
 * make-before-break: changes are held while a referenced route config or an EDS
   cluster's endpoints are still missing, then delivered clusters and endpoints first;
 * a watched name not received ``does_not_exist_timeout`` seconds after it was
-  requested on a live stream is reported as does-not-exist.
+  requested on a live stream is reported as does-not-exist;
+* consecutive NACKs of one type are rate limited: the first goes out at once, each next
+  one no sooner than ``nack_backoff_initial`` (doubling up to ``nack_backoff_max``) after
+  the previous, because a SotW server that answers every NACK with the same rejected
+  resources (go-control-plane's snapshot cache does) would otherwise loop as fast as the
+  network allows.  A held NACK is sent with the latest nonce; an ACK resets the backoff.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ from xds_client.resource_types import (
 )
 
 DEFAULT_DOES_NOT_EXIST_TIMEOUT = 15.0
+# Spacing of consecutive NACKs of one type: 50 ms after the first, doubling up to 5 s
+DEFAULT_NACK_BACKOFF_INITIAL = 0.05
+DEFAULT_NACK_BACKOFF_MAX = 5.0
 
 Validator = Callable[[str, Mapping[str, Message]], None]
 Request: TypeAlias = discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest
@@ -156,6 +164,12 @@ class _TypeState:
     acks: int = 0
     nacks: int = 0
     last_nack: str | None = None
+    # NACK rate limit: NACK requests sent since the last ACK, when the last one went out,
+    # and a NACK waiting for its turn (its error detail and when it is due)
+    nack_streak: int = 0
+    last_nack_sent: float = 0.0
+    held_nack: str | None = None
+    nack_due: float | None = None
 
     @property
     def wildcard(self) -> bool:
@@ -199,12 +213,16 @@ class AdsProtocol:
         validator: Validator | None = None,
         does_not_exist_timeout: float = DEFAULT_DOES_NOT_EXIST_TIMEOUT,
         follow_references: bool = True,
+        nack_backoff_initial: float = DEFAULT_NACK_BACKOFF_INITIAL,
+        nack_backoff_max: float = DEFAULT_NACK_BACKOFF_MAX,
     ) -> None:
         self.node = node
         self.delta = delta
         self.validator = validator
         self.does_not_exist_timeout = does_not_exist_timeout
         self.follow_references = follow_references
+        self.nack_backoff_initial = nack_backoff_initial
+        self.nack_backoff_max = nack_backoff_max
         self._types: dict[str, _TypeState] = {t: _TypeState(t) for t in APPLY_ORDER}
         self._pending: dict[str, _Pending] = {}
         self._stream_up = False
@@ -276,6 +294,9 @@ class AdsProtocol:
         new_names = set() if st.ask_wildcard else wanted
         if st.sent_wildcard == st.ask_wildcard and new_names == st.sent_names:
             return []
+        if st.held_nack is not None:
+            # a SotW request echoing the rejected nonce without error_detail would ACK it
+            return [self._release_nack(st, now)]
         return [self._sotw_request(st)]
 
     # ---- stream lifecycle ----------------------------------------------------------
@@ -302,6 +323,8 @@ class AdsProtocol:
             st.sent_star = False
             st.timers.clear()
             st.init_deadline = None
+            st.held_nack = None  # its nonce belonged to the old stream
+            st.nack_due = None
 
     @property
     def stream_up(self) -> bool:
@@ -432,24 +455,56 @@ class AdsProtocol:
         except Exception as exc:  # any validator failure is a NACK, never a crash
             raise ResourceRejected(str(exc) or type(exc).__name__) from exc
 
-    def _nack(self, st: _TypeState, nonce: str, rejected_version: str, detail: str) -> Output:
+    def _nack(self, st: _TypeState, rejected_version: str, detail: str, now: float
+              ) -> Output:
         st.nacks += 1
         st.last_nack = detail
         # A rejected first response still ends the initial fetch (Envoy does the same).
         newly_initialized = not st.initialized
         st.initialized = True
         st.init_deadline = None
-        req: Request
-        if self.delta:
-            req = discovery_pb2.DeltaDiscoveryRequest(type_url=st.type_url, response_nonce=nonce)
-            req.error_detail.code = code_pb2.INVALID_ARGUMENT
-            req.error_detail.message = detail
-        else:
-            req = self._sotw_request(st, error=detail)
-        events: list[Event] = [Nack(st.type_url, nonce, rejected_version, st.version, detail)]
+        events: list[Event] = [Nack(st.type_url, st.nonce, rejected_version, st.version,
+                                    detail)]
         if newly_initialized:
             events.extend(self._flush_if_warm())
-        return Output([req], events)
+        st.held_nack = detail
+        if st.nack_due is None:
+            st.nack_due = self._next_nack_time(st)
+        if st.nack_due > now:
+            return Output([], events)  # tick() sends it when due
+        return Output([self._release_nack(st, now)], events)
+
+    def _next_nack_time(self, st: _TypeState) -> float:
+        """When the next NACK of ``st`` may go out: at once after an ACK, else the backoff
+        after the previous NACK."""
+        if st.nack_streak == 0:
+            return float("-inf")
+        delay = self.nack_backoff_initial * 2.0 ** (st.nack_streak - 1)
+        return st.last_nack_sent + min(delay, self.nack_backoff_max)
+
+    def _release_nack(self, st: _TypeState, now: float) -> Request:
+        """The held NACK as a request, echoing the latest nonce and the last good version."""
+        detail = st.held_nack or ""
+        st.held_nack = None
+        st.nack_due = None
+        st.nack_streak += 1
+        st.last_nack_sent = now
+        if not self.delta:
+            return self._sotw_request(st, error=detail)
+        req = discovery_pb2.DeltaDiscoveryRequest(type_url=st.type_url, response_nonce=st.nonce)
+        req.error_detail.code = code_pb2.INVALID_ARGUMENT
+        req.error_detail.message = detail
+        return req
+
+    def _acked(self, st: _TypeState, version: str) -> None:
+        st.version = version
+        st.acks += 1
+        st.initialized = True
+        st.init_deadline = None
+        # an ACK supersedes a held NACK (it echoes a newer nonce) and resets the backoff
+        st.held_nack = None
+        st.nack_due = None
+        st.nack_streak = 0
 
     def _receive_sotw(self, resp: discovery_pb2.DiscoveryResponse, now: float) -> Output:
         st = self._types.get(resp.type_url)
@@ -460,7 +515,7 @@ class AdsProtocol:
             decoded, raw = self._decode_sotw(st, resp.resources)
             self._validate(st.type_url, decoded)
         except ResourceRejected as exc:
-            return self._nack(st, resp.nonce, resp.version_info, str(exc))
+            return self._nack(st, resp.version_info, str(exc), now)
 
         events: list[Event] = []
         wanted_names = None if st.wildcard else st.wanted()
@@ -486,10 +541,7 @@ class AdsProtocol:
         for n in decoded:
             st.timers.pop(n, None)
             st.dne.discard(n)
-        st.version = resp.version_info
-        st.acks += 1
-        st.initialized = True
-        st.init_deadline = None
+        self._acked(st, resp.version_info)
         out = Output([self._sotw_request(st)], events)
         self._apply(st, updated, removed, now, out)
         return out
@@ -528,7 +580,7 @@ class AdsProtocol:
                     f"{kind}: {sorted(both)} both updated and removed in one response")
             self._validate(st.type_url, decoded)
         except ResourceRejected as exc:
-            return self._nack(st, resp.nonce, resp.system_version_info, str(exc))
+            return self._nack(st, resp.system_version_info, str(exc), now)
 
         events: list[Event] = []
         decoded = {n: m for n, m in decoded.items() if st.wants(n)}
@@ -550,10 +602,7 @@ class AdsProtocol:
                 st.dne.add(n)
                 st.timers.pop(n, None)
                 events.append(DoesNotExist(st.type_url, n))
-        st.version = resp.system_version_info
-        st.acks += 1
-        st.initialized = True
-        st.init_deadline = None
+        self._acked(st, resp.system_version_info)
         ack = discovery_pb2.DeltaDiscoveryRequest(type_url=st.type_url, response_nonce=resp.nonce)
         out = Output([ack], events)
         self._apply(st, updated, removed, now, out)
@@ -658,14 +707,19 @@ class AdsProtocol:
         deadlines = [d for st in self._types.values() for d in st.timers.values()]
         deadlines += [st.init_deadline for st in self._types.values()
                       if st.init_deadline is not None]
+        deadlines += [st.nack_due for st in self._types.values() if st.nack_due is not None]
         return min(deadlines) if deadlines else None
 
-    def tick(self, now: float) -> list[Event]:
-        """Fire does-not-exist for names whose deadline passed; deliver what that unblocks."""
-        events: list[Event] = []
+    def tick(self, now: float) -> Output:
+        """Send NACKs whose backoff ended; fire does-not-exist for names whose deadline
+        passed; deliver what that unblocks."""
+        out = Output()
         if not self._stream_up:
-            return events
+            return out
+        events = out.events
         for st in self._types.values():
+            if st.nack_due is not None and st.nack_due <= now:
+                out.requests.append(self._release_nack(st, now))
             for n, deadline in sorted(st.timers.items()):
                 if deadline <= now:
                     del st.timers[n]
@@ -676,7 +730,7 @@ class AdsProtocol:
                 st.init_deadline = None
                 st.initialized = True
         events.extend(self._flush_if_warm())
-        return events
+        return out
 
     # ---- views ---------------------------------------------------------------------
 

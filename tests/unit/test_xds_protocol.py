@@ -3,7 +3,9 @@ make-before-break, does-not-exist, reconnect and delta bookkeeping."""
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Mapping
 
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
@@ -23,6 +25,7 @@ from xds_client.protocol import (
     AdsProtocol,
     DoesNotExist,
     Nack,
+    Output,
     ResourceChange,
     Snapshot,
 )
@@ -253,8 +256,8 @@ def test_does_not_exist_after_timeout_only_while_stream_up() -> None:
     core.stream_started(10.0)
     assert core.next_deadline() == 15.0
     core.receive(sotw(ROUTE_CONFIGURATION, "1", "n1", route("r-here")), 11.0)
-    assert core.tick(14.9) == []
-    evs = core.tick(15.0)
+    assert core.tick(14.9) == Output()
+    evs = core.tick(15.0).events
     assert DoesNotExist(ROUTE_CONFIGURATION, "r-missing") in evs
     assert DoesNotExist(ROUTE_CONFIGURATION, "r-here") not in evs
     assert core.status()[ROUTE_CONFIGURATION].does_not_exist == {"r-missing"}
@@ -271,7 +274,7 @@ def test_stream_loss_pauses_timers_and_reconnect_resubscribes_with_versions() ->
     core.receive(sotw(LISTENER, "l3", "n2", listener("l", "r1")), 1.0)
     core.receive(sotw(ROUTE_CONFIGURATION, "r9", "n3", route("r1")), 1.0)
     core.stream_lost()
-    assert core.tick(100.0) == [] and core.next_deadline() is None
+    assert core.tick(100.0) == Output() and core.next_deadline() is None
     assert set(core.resources(CLUSTER)) == {"s"}  # last good kept while disconnected
     reqs = {r.type_url: r for r in core.stream_started(200.0)}
     assert {t: r.version_info for t, r in reqs.items()} == {
@@ -397,7 +400,7 @@ def test_referenced_name_under_wildcard_still_gets_does_not_exist() -> None:
     [eds] = [r for r in out.requests if r.type_url == CLUSTER_LOAD_ASSIGNMENT]
     assert list(eds.resource_names) == ["svc"]
     assert not core.synced()
-    assert DoesNotExist(CLUSTER_LOAD_ASSIGNMENT, "svc") in core.tick(6.0)
+    assert DoesNotExist(CLUSTER_LOAD_ASSIGNMENT, "svc") in core.tick(6.0).events
     assert core.synced()
 
 
@@ -436,8 +439,8 @@ def test_initial_fetch_timeout_releases_held_changes() -> None:
     core, _ = started(timeout=5.0)
     evs = core.receive(sotw(CLUSTER, "c1", "n1", cluster("s", eds=False)), 1.0).events
     assert evs == []  # LDS has not answered yet
-    assert core.tick(4.9) == []
-    evs = core.tick(5.0)  # the initial fetch of LDS gave up: deliver what we have
+    assert core.tick(4.9) == Output()
+    evs = core.tick(5.0).events  # the initial fetch of LDS gave up: deliver what we have
     assert [c.type_url for c in changes(evs)] == [CLUSTER]
     assert core.status()[LISTENER].initialized
 
@@ -463,3 +466,108 @@ def test_sotw_named_listener_absent_from_response_does_not_exist() -> None:
     evs = core.receive(sotw(LISTENER, "1", "n1", listener("wanted"), listener("extra")), 1.0).events
     assert DoesNotExist(LISTENER, "missing") in evs
     assert set(core.resources(LISTENER)) == {"wanted"}  # unrequested "extra" ignored
+
+
+# ---- NACK rate limit -------------------------------------------------------------------
+
+def reject_bad(type_url: str, resources: Mapping[str, Message]) -> None:
+    bad = sorted(n for n in resources if n.startswith("bad"))
+    if bad:
+        raise ValueError(f"{bad[0]}: rejected by test validator")
+
+
+def nacks_of(requests: list) -> list:
+    return [r for r in requests if r.HasField("error_detail")]
+
+
+def test_consecutive_nacks_back_off_and_echo_the_latest_nonce() -> None:
+    core = AdsProtocol(NODE, validator=reject_bad, nack_backoff_initial=0.05,
+                       nack_backoff_max=5.0)
+    core.subscribe(CLUSTER, None, 0.0)
+    core.stream_started(0.0)
+    core.receive(sotw(CLUSTER, "v1", "n1", cluster("good", eds=False)), 1.0)
+    # the first NACK after an ACK goes out at once
+    [nack] = core.receive(sotw(CLUSTER, "v2", "n2", cluster("bad", eds=False)), 2.0).requests
+    assert (nack.version_info, nack.response_nonce) == ("v1", "n2")
+    # the server resends at once: the NACK waits 50 ms after the previous one
+    out = core.receive(sotw(CLUSTER, "v2", "n3", cluster("bad", eds=False)), 2.01)
+    assert out.requests == [] and [type(e) for e in out.events] == [Nack]
+    assert core.next_deadline() == pytest.approx(2.05)
+    assert core.tick(2.049).requests == []
+    [nack] = core.tick(2.05).requests
+    assert (nack.version_info, nack.response_nonce) == ("v1", "n3")
+    assert "bad: rejected" in nack.error_detail.message
+    assert core.tick(2.05).requests == []  # sent once
+    # a server that pushes again while a NACK is held: one NACK, the latest nonce, on time
+    assert core.receive(sotw(CLUSTER, "v3", "n4", cluster("bad", eds=False)), 2.06).requests == []
+    assert core.receive(sotw(CLUSTER, "v4", "n5", cluster("bad2", eds=False)), 2.07).requests == []
+    assert core.next_deadline() == pytest.approx(2.15)  # 2.05 + 100 ms
+    [nack] = core.tick(2.15).requests
+    assert (nack.version_info, nack.response_nonce) == ("v1", "n5")
+    assert "bad2: rejected" in nack.error_detail.message
+    assert set(core.resources(CLUSTER)) == {"good"}
+    # an ACK resets the backoff: the next rejection is NACKed at once
+    [ack] = core.receive(sotw(CLUSTER, "v5", "n6", cluster("good", eds=False)), 2.2).requests
+    assert not ack.HasField("error_detail") and ack.version_info == "v5"
+    assert core.next_deadline() is None
+    [nack] = core.receive(sotw(CLUSTER, "v6", "n7", cluster("bad", eds=False)), 2.21).requests
+    assert nack.response_nonce == "n7"
+
+
+def test_server_resending_every_nack_gets_a_bounded_nack_rate() -> None:
+    """go-control-plane's SotW cache answers each NACK with the same resources at once."""
+    core = AdsProtocol(NODE, validator=reject_bad, nack_backoff_initial=0.05,
+                       nack_backoff_max=5.0)
+    core.subscribe(CLUSTER, None, 0.0)
+    core.stream_started(0.0)
+    now, nonce, sent_at = 1.0, 0, []
+    while now < 61.0:
+        nonce += 1
+        out = core.receive(sotw(CLUSTER, "bad", f"n{nonce}", cluster("bad", eds=False)), now)
+        while not out.requests:  # the transport sleeps until the core's next deadline
+            deadline = core.next_deadline()
+            assert deadline is not None
+            now = deadline
+            out = core.tick(now)
+        [nack] = nacks_of(out.requests)
+        assert nack.response_nonce == f"n{nonce}"
+        sent_at.append(now)
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(sent_at)]
+    assert gaps[:7] == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2]
+    assert set(gaps[7:]) == {5.0}
+    assert len(sent_at) <= 20  # 60 s; without the limit, one per round trip
+    assert core.status()[CLUSTER].nacks == len(sent_at)
+
+
+def test_delta_nacks_back_off_too() -> None:
+    core, _ = started(delta=True, validator=reject_bad)
+    bad = delta_resp(CLUSTER, "s1", "n1", {"bad": cluster("bad", eds=False)})
+    assert [r.response_nonce for r in nacks_of(core.receive(bad, 1.0).requests)] == ["n1"]
+    bad = delta_resp(CLUSTER, "s1", "n2", {"bad": cluster("bad", eds=False)})
+    assert core.receive(bad, 1.01).requests == []
+    [nack] = core.tick(1.05).requests
+    assert nack.response_nonce == "n2" and "bad: rejected" in nack.error_detail.message
+
+
+def test_subscription_change_while_a_nack_is_held_carries_the_nack() -> None:
+    # SotW: a request echoing the rejected nonce without error_detail would ACK it
+    core = AdsProtocol(NODE, validator=reject_bad)
+    core.subscribe(CLUSTER, ["bad"], 0.0)
+    core.stream_started(0.0)
+    core.receive(sotw(CLUSTER, "v1", "n1", cluster("bad", eds=False)), 1.0)
+    assert core.receive(sotw(CLUSTER, "v1", "n2", cluster("bad", eds=False)), 1.01).requests == []
+    [req] = core.subscribe(CLUSTER, ["other"], 1.02)
+    assert sorted(req.resource_names) == ["bad", "other"]
+    assert req.response_nonce == "n2" and "bad: rejected" in req.error_detail.message
+    deadline = core.next_deadline()
+    assert deadline is None or core.tick(deadline).requests == []
+
+
+def test_stream_loss_drops_a_held_nack() -> None:
+    core, _ = started(validator=reject_bad)
+    core.receive(sotw(CLUSTER, "v1", "n1", cluster("bad", eds=False)), 1.0)
+    assert core.receive(sotw(CLUSTER, "v1", "n2", cluster("bad", eds=False)), 1.01).requests == []
+    core.stream_lost()
+    assert core.tick(10.0).requests == []
+    reqs = core.stream_started(11.0)
+    assert all(not r.HasField("error_detail") and r.response_nonce == "" for r in reqs)
