@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from envoy.config.core.v3 import base_pb2
 from google.protobuf.message import Message
 
-from integration.commands.xds_dump import translator_validator
+from integration.validation import translator_validator
 from translator import TranslationError, translate
 from translator.resources import ResourceSet
 from translator.tables import Tables

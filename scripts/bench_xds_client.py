@@ -40,7 +40,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import wrappers_pb2
 
-from integration.commands.xds_dump import translator_validator
+from integration.validation import translator_validator
 from integration.xds_server import AckEvent, AdsServer
 from translator.resources import ResourceSet
 from xds_client import (

@@ -134,8 +134,13 @@ def _import_proto_package(package: str) -> None:
                 continue
 
 
-def _known_type(type_url: str) -> bool:
-    """Whether the protos know ``type_url``, importing its package on first sight."""
+def known_type(type_url: str) -> bool:
+    """Whether the installed protos know the message ``type_url`` names.
+
+    ``type_url`` is an ``Any`` type URL (``type.googleapis.com/pkg.Msg``) or a bare full
+    message name.  On first sight of an unknown name the ``*_pb2`` modules of its package
+    are imported (extension protos are not loaded up front), then the pool is asked again.
+    """
     full_name = type_url.rsplit("/", 1)[-1]
     pool = symbol_database.Default().pool
     try:
@@ -158,7 +163,7 @@ def _keep_unknown_extensions(obj: Any, unknown: set[str]) -> Any:
     if not isinstance(obj, dict):
         return obj
     type_url = obj.get("@type")
-    if isinstance(type_url, str) and not _known_type(type_url):
+    if isinstance(type_url, str) and not known_type(type_url):
         unknown.add(type_url)
         payload = {k: v for k, v in obj.items() if k != "@type"}
         return {"@type": TYPED_STRUCT, "type_url": type_url, "value": payload}
@@ -285,7 +290,7 @@ def _restore_unknown_extensions(obj: Any) -> Any:
         return [_restore_unknown_extensions(v) for v in obj]
     if not isinstance(obj, dict):
         return obj
-    if obj.get("@type") == TYPED_STRUCT and "type_url" in obj and not _known_type(obj["type_url"]):
+    if obj.get("@type") == TYPED_STRUCT and "type_url" in obj and not known_type(obj["type_url"]):
         return {"@type": obj["type_url"], **(obj.get("value") or {})}
     return {k: _restore_unknown_extensions(v) for k, v in obj.items()}
 

@@ -14,14 +14,13 @@ import asyncio
 import base64
 import json
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import any_pb2, symbol_database
 from google.protobuf.message import Message
 
-from translator import validate_resource
-from translator.resources import TYPED_STRUCT, _known_type, to_json
+from integration.validation import translator_validator
+from translator.resources import TYPED_STRUCT, known_type, to_json
 from xds_client import (
     CLUSTER,
     CLUSTER_LOAD_ASSIGNMENT,
@@ -102,7 +101,7 @@ def _fix_anys(msg: Message) -> None:
 def _fix_any(a: any_pb2.Any) -> None:
     if not a.type_url:
         return
-    if _known_type(a.type_url):
+    if known_type(a.type_url):
         cls = symbol_database.Default().GetSymbol(a.type_url.rsplit("/", 1)[-1])
         inner = cls.FromString(a.value)
         _fix_anys(inner)
@@ -145,13 +144,6 @@ def config_dump(snapshot: Snapshot) -> dict[str, Any]:
             section["version_info"] = version
         configs.append(section)
     return {"configs": configs}
-
-
-def translator_validator(type_url: str, resources: Mapping[str, Message]) -> None:
-    """The xDS client's validator hook backed by the translator: the first resource it
-    rejects makes the whole response a NACK, its message the error_detail."""
-    for msg in resources.values():
-        validate_resource(type_url, msg)
 
 
 def _describe_missing(status: ClientStatus) -> str:

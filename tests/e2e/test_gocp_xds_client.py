@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from integration.commands.xds_dump import translator_validator
+from integration.validation import translator_validator
 from integration.xds_server import AdsServer, load_config
 from tests.e2e.test_xds_client import cla, config
 from tests.support.capabilities import ROOT

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from integration.commands.xds_dump import translator_validator
+from integration.validation import translator_validator
 from tests.support.istiod import NAMESPACE, Istiod, copy_config
 from translator import translate
 from translator.resources import ResourceSet
