@@ -289,9 +289,15 @@ async def test_does_not_exist(server: AdsServer, delta: bool) -> None:
 
 
 def _first_requests_after(server: AdsServer, start: int, delta: bool) -> dict[str, Message]:
+    """The first request of each type on streams opened after ``server.requests[start]``.
+
+    A late ACK from the dropped stream can still arrive after the drop; it is not a
+    resubscription, so requests are filtered by the stream that carried them.
+    """
     out: dict[str, Message] = {}
-    for req in server.requests[start:]:
-        if isinstance(req, discovery_pb2.DeltaDiscoveryRequest) != delta:
+    old_streams = set(server.request_streams[:start])
+    for req, stream in zip(server.requests[start:], server.request_streams[start:]):
+        if isinstance(req, discovery_pb2.DeltaDiscoveryRequest) != delta or stream in old_streams:
             continue
         out.setdefault(req.type_url, req)
     return out
