@@ -104,7 +104,7 @@ def _address(sa: Message, where: str, field: str, dns_ok: bool) -> tuple[str, in
                                    "address") from None
         if ip.version == 6:
             return f"endpoint [{sa.address}]:{port} skipped: IPv6 not supported"
-        # ipaddress accepts IPv4 spellings inet_pton (and so Envoy) rejects, e.g. "01.2.3.4"
+        # an IPv4 spelling that inet_pton (Envoy's parser, mirrored by _ipv4) refuses
         raise TranslationError(where, f"{field}.address: {sa.address!r} is not an IP address")
     if port == 0:
         return f"endpoint {addr}:0 skipped: port 0 not supported"
