@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -30,7 +32,7 @@ from bpf.datapath import Datapath
 from integration import cgroups
 from integration.bench.envoy_compat import envoy_loadable
 from integration.bench.scenarios import bench_tables, merged, update_rule
-from integration.bench.system import bpf_map_memory, largest_maps, profile_top, rss_bytes
+from integration.bench.system import bpf_map_sizes, largest_maps, profile_top, rss_bytes
 from integration.preflight import BPFFS
 from translator import TableBuilder
 from translator.resources import (
@@ -220,6 +222,7 @@ def memory_figures(rs: ResourceSet, workdir: Path, pkg_root: str,
     agent: subprocess.Popen[str] | None = None
     envoy: EnvoyProcess | None = None
     pin: Path | None = None
+    keeper_pid: int | None = None
     n_clusters = len(rs.clusters)
     try:
         port = loop.run(server.start("127.0.0.1", 0))
@@ -261,16 +264,31 @@ def memory_figures(rs: ResourceSet, workdir: Path, pkg_root: str,
             return rec if rec and rec["clusters"] >= n_clusters else None
 
         rec = _poll(applied, LOAD_TIMEOUT_S, "the agent to apply the snapshot")
-        agent_rss = rss_bytes(agent.pid)
-        n_maps, map_bytes = bpf_map_memory(agent.pid)
-        say(f"memory: sockmesh agent RSS {agent_rss / 2**20:.1f} MiB + {n_maps} BPF maps "
-            f"{map_bytes / 2**20:.1f} MiB; its own apply of the snapshot {rec['ms']:.0f} ms")
-        return {"envoy_sidecar_rss": envoy_rss, "agent_rss": agent_rss, "bpf_maps": n_maps,
-                "bpf_map_bytes": map_bytes, "agent_apply_ms": rec["ms"],
-                "clusters": n_clusters, "largest_maps": largest_maps(agent.pid)}
+        # the agent's datapath may live in a socket-keeper process it started (its sockets
+        # outlive an agent restart): count that process's memory and maps too
+        with urllib.request.urlopen(f"http://{admin}/status", timeout=5) as r:
+            keeper = _find_key(json.loads(r.read()), "socket_keeper_pid")
+        keeper_pid = int(keeper) if keeper else None
+        pids = [agent.pid] + ([keeper_pid] if keeper_pid and keeper_pid != agent.pid else [])
+        rss = {pid: rss_bytes(pid) for pid in pids}
+        maps: dict[int, int] = {}
+        for pid in pids:
+            maps.update(bpf_map_sizes(pid))
+        agent_rss, map_bytes = sum(rss.values()), sum(maps.values())
+        say(f"memory: sockmesh agent RSS {agent_rss / 2**20:.1f} MiB "
+            f"({len(pids)} processes) + {len(maps)} BPF maps {map_bytes / 2**20:.1f} MiB; "
+            f"its own apply of the snapshot {rec['ms']:.0f} ms")
+        return {"envoy_sidecar_rss": envoy_rss, "agent_rss": agent_rss,
+                "agent_processes": {"agent": rss[agent.pid],
+                                    "socket_keeper": rss.get(keeper_pid or -1)},
+                "bpf_maps": len(maps), "bpf_map_bytes": map_bytes,
+                "agent_apply_ms": rec["ms"], "clusters": n_clusters,
+                "largest_maps": largest_maps(pids)}
     finally:
         if agent is not None:
             _stop(agent)
+        if keeper_pid is not None:
+            _stop_pid(keeper_pid)  # the agent stops it on SIGTERM; make sure
         if envoy is not None:
             envoy.stop()
         loop.run(server.stop(grace=0.5))
@@ -301,6 +319,33 @@ def _agent_admin(agent: subprocess.Popen[str]) -> str:
     finally:
         timer.cancel()
     raise RuntimeError("the agent did not start:\n" + "".join(seen[-20:]))
+
+
+def _find_key(obj: Any, key: str) -> Any:
+    """The first value of ``key`` anywhere in a JSON document."""
+    if isinstance(obj, dict):
+        if key in obj:
+            return obj[key]
+        obj = list(obj.values())
+    if isinstance(obj, list):
+        for v in obj:
+            found = _find_key(v, key)
+            if found is not None:
+                return found
+    return None
+
+
+def _stop_pid(pid: int) -> None:
+    """Terminate a process our agent started (by its PID) if it is still there."""
+    deadline = time.monotonic() + 10
+    try:
+        os.kill(pid, signal.SIGTERM)
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
 
 
 def _drain(proc: subprocess.Popen[str]) -> None:

@@ -87,9 +87,11 @@ def bpf_map_sizes(pid: int) -> dict[int, int]:
     return seen
 
 
-def largest_maps(pid: int, top: int = 6) -> list[dict[str, Any]]:
-    """The ``top`` largest BPF maps ``pid`` holds: name and memlock bytes (names: bpftool)."""
-    sizes = bpf_map_sizes(pid)
+def largest_maps(pids: list[int], top: int = 6) -> list[dict[str, Any]]:
+    """The ``top`` largest BPF maps ``pids`` hold: name and memlock bytes (names: bpftool)."""
+    sizes: dict[int, int] = {}
+    for pid in pids:
+        sizes.update(bpf_map_sizes(pid))
     try:
         p = subprocess.run(["bpftool", "-j", "map", "show"], capture_output=True, text=True,
                            timeout=30, check=True)

@@ -35,7 +35,7 @@ ISTIO = istio_testdata()
 DUMPS = ("istio_bookinfo_gateway_rds_cds.json", "istio_gateway_prefix_rds.json",
          "istio_k8s_gateway_path_separated_prefix_rds.json")
 
-pytestmark = [pytest.mark.kernel, pytest.mark.envoy]
+pytestmark = [pytest.mark.kernel, pytest.mark.envoy, pytest.mark.timeout(300)]
 
 
 def _leftovers() -> set[str]:
