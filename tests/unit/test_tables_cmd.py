@@ -108,3 +108,27 @@ def test_services_come_from_listeners(tmp_path: Path, capsys: pytest.CaptureFixt
     assert {k: svc[k] for k in ("vip", "port", "kind", "route_table", "cluster", "listener")} == {
         "vip": "0.0.0.0", "port": 9080, "kind": "http", "route_table": g.name,
         "cluster": None, "listener": "0.0.0.0_9080"}
+
+
+def test_skipped_endpoints_are_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A dual-stack EDS assignment: the IPv6 endpoint is not an error, it is listed."""
+    name = "outbound|80||svc.ns.svc.cluster.local"
+    sock = [{"endpoint": {"address": {"socket_address": {"address": a, "port_value": 80}}}}
+            for a in ("10.1.0.5", "fd00::5")]
+    dump = {"configs": [
+        {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+         "dynamic_active_clusters": [{"cluster": {
+             "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": name,
+             "type": "EDS", "eds_cluster_config": {"eds_config": {"ads": {}}}}}]},
+        {"@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
+         "dynamic_endpoint_configs": [{"endpoint_config": {
+             "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+             "cluster_name": name, "endpoints": [{"lb_endpoints": sock}]}}]}]}
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(dump))
+    code, out, err = run_cli(["tables", "--config-dump", str(path)], capsys)
+    assert code == 0, err
+    lines = [ln.strip() for ln in out.splitlines()]
+    assert any(ln.startswith("10.1.0.5:80 ") for ln in lines)
+    assert not any(ln.startswith("fd00::5") for ln in lines)
+    assert "not enforced: endpoint [fd00::5]:80 skipped: IPv6 not supported" in lines
