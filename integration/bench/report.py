@@ -248,8 +248,8 @@ def plots(r: dict[str, Any], out: Path) -> list[Path]:
 def _md_table(r: dict[str, Any]) -> list[str]:
     lines = [("| scenario | req/s | vs direct | vs Envoy | p50 / p90 / p99 at ~"
              f"{r['method']['pace_rps']:,} req/s (us) | p50 / p99 at saturation (us) | "
-             "CPU s / 10k req | vs direct |"),
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "CPU s / 10k req | vs direct | background (cores) |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in ratio_rows(r):
         lines.append(
             f"| {row['label']} | {row['rps']:,.0f} | {_f(row.get('rps_vs_direct'), '.2f')} | "
@@ -356,7 +356,9 @@ def docs_page(r: dict[str, Any], plots_rel: str, json_rel: str) -> str:
         "(Datapath.apply returns after the last map write); endpoint changes as new "
         "ClusterLoadAssignments through the incremental translator and Datapath.apply; "
         "route updates (one rule changed each time) applied in a row, with the snapshot "
-        "loaded."),
+        "loaded. Nothing listens on the snapshot's ~10,000 loopback endpoints, so the "
+        "datapath's pools see every connect refused and retry it; that cost is part of "
+        "these figures (the profile below shows how much)."),
         "",
         "## Results",
         "",
@@ -394,9 +396,12 @@ def docs_page(r: dict[str, Any], plots_rel: str, json_rel: str) -> str:
                          f"{maps / 2**20:.1f} MiB in {mem.get('bench_bpf_maps')} maps")
         ist = mem.get("istio")
         if ist:
+            procs = ist.get("agent_processes") or {}
+            split = (" (" + ", ".join(f"{k.replace('_', ' ')} {v / 2**20:.1f} MiB"
+                                      for k, v in procs.items() if v) + ")") if procs else ""
             lines += [(f"- Istio-sized config ({ist['clusters']} clusters): Envoy sidecar RSS "
                       f"{ist['envoy_sidecar_rss'] / 2**20:.1f} MiB; sockmesh agent RSS "
-                      f"{ist['agent_rss'] / 2**20:.1f} MiB + BPF maps "
+                      f"{ist['agent_rss'] / 2**20:.1f} MiB{split} + BPF maps "
                       f"{ist['bpf_map_bytes'] / 2**20:.1f} MiB; the agent applied the "
                       f"snapshot (translation + kernel) in {ist['agent_apply_ms']:.0f} ms"),
                       "", f"![memory]({plots_rel}/memory.png)"]
