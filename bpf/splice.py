@@ -423,7 +423,13 @@ class SpliceListener:
         addr = (ep.address, ep.port)
         for attempt in range(2):  # a pooled upstream may have been closed meanwhile
             if addr not in upstreams:
-                s = socket.create_connection(addr, timeout=IO_TIMEOUT)
+                try:
+                    s = socket.create_connection(addr, timeout=IO_TIMEOUT)
+                except OSError as exc:
+                    # as Envoy: 503 on this request, the client's connection stays usable
+                    self._count("upstream_connect_error")
+                    conn.sendall(local_reply(503, body=f"upstream connect error: {exc}"))
+                    return
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 upstreams[addr] = (s, bytearray())
             s, ubuf = upstreams[addr]
