@@ -41,7 +41,8 @@ def _read_n(conn: socket.socket, buf: bytearray, n: int) -> bytes:
 class Backend:
     """One identity backend; ``port`` is its bound port, ``hits`` counts requests by path."""
 
-    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0,
+                 idle_timeout: float | None = None) -> None:
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError("loopback only")
         self.name = name
@@ -55,6 +56,7 @@ class Backend:
         self.requests = 0
         self.active = 0
         self.delay_s = 0.0  # added to every response (least-request tests)
+        self.idle_timeout = idle_timeout  # keep-alive timeout: close a connection idle so long
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._closed = False
@@ -77,6 +79,7 @@ class Backend:
 
     def _serve(self, conn: socket.socket) -> None:
         buf = bytearray()
+        conn.settimeout(self.idle_timeout)  # recv times out -> the finally closes (nginx-like)
         try:
             while not self._closed:
                 end = _read_until(conn, buf, b"\r\n\r\n")

@@ -82,10 +82,20 @@ class LiveMesh:
     agent: AgentProc
     loop: LoopThread
     envoy_port: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    separate: dict[str, Backends] = field(default_factory=dict)  # backends in own processes
+    overrides: dict[str, tuple[str, int]] = field(default_factory=dict)  # backends run by tests
 
-    def endpoints(self) -> dict[str, list[tuple[str, int]]]:
-        return mesh.endpoints_of(mesh.backends(0), self.backends.ports)
+    def endpoints(self, without: tuple[str, ...] = ()) -> dict[str, list[tuple[str, int]]]:
+        """cluster -> endpoints of the running backends (``without``: leave these out)."""
+        ports = dict(self.backends.ports)
+        for b in self.separate.values():
+            ports.update(b.ports)
+        out = mesh.endpoints_of([b for b in mesh.backends(0) if b.name in ports
+                                 and b.name not in without], ports)
+        for name, (host, port) in self.overrides.items():
+            if name not in without:
+                out[CLUSTER_OF[name]].append((host, port))
+        return out
 
     def resources(self) -> Any:
         return mesh.mesh_resources(self.endpoints(), REVIEWS_ROUTES)
@@ -144,18 +154,27 @@ def envoy_bootstrap(endpoints: dict[str, list[tuple[str, int]]], workdir: Path
 
 
 @contextlib.contextmanager
-def live_mesh(tmp: Path, with_envoy: bool = False) -> Iterator[LiveMesh]:
-    """Start backends, ADS server, agent (and Envoy); yield; stop everything by PID."""
+def live_mesh(tmp: Path, with_envoy: bool = False, separate: tuple[str, ...] = (),
+              overrides: dict[str, tuple[str, int]] | None = None) -> Iterator[LiveMesh]:
+    """Start backends, ADS server, agent (and Envoy); yield; stop everything by PID.
+
+    ``separate``: backend names each run in their own process (a test may kill one);
+    ``overrides``: backend name -> (host, port) of a backend the test runs itself."""
     loop = LoopThread()
+    overrides = overrides or {}
     with mesh_cgroup() as (cg, pin):
-        backends = Backends([(b.name, b.host) for b in mesh.backends(0)])
+        own = [b for b in mesh.backends(0) if b.name not in separate and b.name not in overrides]
+        backends = Backends([(b.name, b.host) for b in own])
+        apart = {b.name: Backends([(b.name, b.host)]) for b in mesh.backends(0)
+                 if b.name in separate}
         server = AdsServer()
         agent: AgentProc | None = None
         envoy = None
         try:
             port = loop.run(server.start("127.0.0.1", 0))
             agent = AgentProc(f"127.0.0.1:{port}", cg, pin)
-            lv = LiveMesh(cg, pin, tmp, backends, server, agent, loop)
+            lv = LiveMesh(cg, pin, tmp, backends, server, agent, loop, separate=apart,
+                          overrides=dict(overrides))
             lv.push_good()
             agent.start()
             agent.wait_applied(lambda st: st["config"]["applied"]["endpoints"] == 9)
@@ -176,4 +195,6 @@ def live_mesh(tmp: Path, with_envoy: bool = False) -> Iterator[LiveMesh]:
                 agent.stop()
             loop.run(server.stop(grace=0.2))
             backends.stop()
+            for b in apart.values():
+                b.stop()
             loop.close()

@@ -1,0 +1,204 @@
+"""Faults under load, end to end: the real agent on a test cgroup, the demo client in it
+sending keep-alive traffic, and a fault injected while it runs.
+
+Already covered in tests/e2e/test_agent_datapath.py and not repeated here:
+* control server down 10 s -> zero failed requests, reconnect, a change applies afterwards
+  (test_control_server_down_10s_then_reconnect_and_change);
+* agent SIGKILLed -> the pinned datapath keeps serving with zero failed requests, the new
+  agent adopts it (test_sigkill_restart_adopts_pinned_state).
+Added here: the reconnect backoff while the control server stays down, a killed backend,
+pool connections closed by the backend's keep-alive timeout, and a table over its kernel
+limit.  Records are ``[kind, backend, status, latency_us, t_wall, error]``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from integration.demo import mesh
+from tests.e2e.agent_harness import Traffic, kinds, poll
+from tests.kernel.backend import Backend as KernelBackend
+from tests.reliability.harness import REVIEWS_ROUTES, LiveMesh, live_mesh
+
+pytestmark = pytest.mark.kernel
+
+RESULTS = Path(__file__).resolve().parents[2] / ".cache" / "reliability"
+
+
+def errors(records: list[list[Any]]) -> list[list[Any]]:
+    return [r for r in records if r[5] is not None or r[2] != 200]
+
+
+def record(name: str, **figures: Any) -> None:
+    """Add one fault's figures to .cache/reliability/faults.json (docs/reliability.md)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "faults.json"
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    doc[name] = figures
+    path.write_text(json.dumps(doc, indent=1))
+
+
+def traffic(lm: LiveMesh, sequence: list[str], workers: int = 2) -> Traffic:
+    d = lm.tmp / f"traffic-{time.monotonic_ns()}"
+    d.mkdir()
+    return Traffic(lm.cgroup, d, sequence, kinds(), workers=workers)
+
+
+def routed_total(lm: LiveMesh) -> int:
+    from integration.agent import SLOW_PATH_REASONS
+
+    c = lm.counters()
+    return c["fast"] + sum(v for k, v in c.items() if k in SLOW_PATH_REASONS)
+
+
+def wait_requests(lm: LiveMesh, n: int, timeout: float = 20.0) -> None:
+    start = routed_total(lm)
+    poll(lambda: routed_total(lm) >= start + n, timeout, f"{n} more requests")
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def test_control_server_down_reconnects_with_backoff(tmp: Path) -> None:
+    """While the control server stays down the agent retries with growing gaps (bounded by
+    --backoff-max, 0.5 s in the harness), and traffic keeps flowing the whole time."""
+    with live_mesh(tmp) as lm:
+        t = traffic(lm, ["reviews", "details"])
+        try:
+            wait_requests(lm, 100)
+            port = lm.server.port
+            lm.loop.run(lm.server.stop(grace=0))
+            poll(lambda: not lm.agent.status()["xds"]["connected"], 5, "agent disconnected")
+            seen: list[tuple[float, int]] = []
+            deadline = time.monotonic() + 4.0
+            while time.monotonic() < deadline:  # sample the attempt counter for 4 s
+                seen.append((time.monotonic(), lm.agent.status()["xds"]["streams_opened"]))
+                time.sleep(0.05)
+            wait_requests(lm, 100)
+            from integration.xds_server import AdsServer
+
+            lm.server = AdsServer(lm.resources())
+            lm.loop.run(lm.server.start("127.0.0.1", port))
+            poll(lambda: lm.agent.status()["xds"]["connected"], 10, "agent reconnected")
+            wait_requests(lm, 100)
+        finally:
+            records = t.stop()
+    # streams_opened counts every attempt; when it moved is when the agent retried
+    tries = [t for (t, n), (_, prev) in zip(seen[1:], seen, strict=False) if n > prev]
+    gaps = [round(b - a, 2) for a, b in itertools.pairwise(tries)]
+    print(f"\nxDS outage: {len(records)} requests, {len(errors(records))} failed; "
+          f"{len(tries)} reconnect attempts in 4 s, gaps {gaps}")
+    record("control_server_down", requests=len(records), failed=len(errors(records)),
+           attempts_in_4s=len(tries), gaps_s=gaps)
+    assert not errors(records)
+    assert 2 <= len(tries) <= 20, "no retry, or retrying without backoff"
+    assert max(gaps) >= 0.3 and gaps[0] < max(gaps), "gaps do not grow towards the cap"
+
+
+def test_backend_killed_fails_only_in_flight_requests(tmp: Path) -> None:
+    """details has two endpoints; details-2 runs in its own process and is SIGKILLed under
+    load.  Requests sent before the kill may fail (in flight on it); after the control
+    plane removes the endpoint, none may."""
+    with live_mesh(tmp, separate=("details-2",)) as lm:
+        t = traffic(lm, ["details"], workers=3)
+        try:
+            wait_requests(lm, 300)
+            victim = lm.separate["details-2"]
+            t_kill = time.time()
+            victim.proc.send_signal(signal.SIGKILL)
+            victim.proc.wait(5)
+            wait_requests(lm, 100)
+            version = lm.server.set_resources(mesh.mesh_resources(
+                lm.endpoints(without=("details-2",)), REVIEWS_ROUTES))
+            st = lm.agent.wait_applied(
+                lambda s: s["config"]["applied"]["versions"]["EDS"] == version)
+            applied = st["config"]["applied"]["time"] + st["config"]["applied"]["ms"] / 1000
+            wait_requests(lm, 300)
+        finally:
+            records = t.stop()
+    before = [r for r in records if r[4] < t_kill]
+    between = [r for r in records if t_kill <= r[4] <= applied]
+    after = [r for r in records if r[4] > applied]
+    by = Counter(r[1] for r in after)
+    kinds_of_failure = Counter(f"{r[2]} {r[5]}" for r in errors(between))
+    print(f"\nbackend killed: before {len(before)} ({len(errors(before))} failed), between kill "
+          f"and EDS removal {len(between)} ({len(errors(between))} failed), after "
+          f"{len(after)} ({len(errors(after))} failed) {dict(by)}; failures between: "
+          f"{dict(kinds_of_failure)}")
+    record("backend_killed", before=len(before), before_failed=len(errors(before)),
+           between=len(between), between_failed=len(errors(between)), after=len(after),
+           after_failed=len(errors(after)), failures_between=dict(kinds_of_failure))
+    assert not errors(before)
+    assert after and not errors(after), errors(after)[:3]
+    assert by["details-2"] == 0
+
+
+def test_keepalive_timeout_closes_pool_connections_without_failures(tmp: Path) -> None:
+    """productpage-1 closes every connection idle for 0.3 s (a keep-alive timeout): pooled
+    connections die again and again under light traffic and are replaced; no request fails."""
+    host = next(b.host for b in mesh.backends(0) if b.name == "productpage-1")
+    kb = KernelBackend("productpage-1", host=host, idle_timeout=0.3)
+    try:
+        with live_mesh(tmp, overrides={"productpage-1": (kb.host, kb.port)}) as lm:
+            fin0 = lm.counters()["pool_fin"]
+            t = traffic(lm, ["productpage", "details", "details", "details", "details"],
+                        workers=1)
+            try:
+                poll(lambda: lm.counters()["pool_fin"] >= fin0 + 6, 30,
+                     "six pooled connections closed by the backend")
+                wait_requests(lm, 200)
+            finally:
+                records = t.stop()
+            fins = lm.counters()["pool_fin"] - fin0
+            pool = [e for e in lm.dump()["endpoints"] if e["addr"] == f"{kb.host}:{kb.port}"]
+    finally:
+        kb.close()
+    pp = [r for r in records if r[0] == "productpage"]
+    print(f"\nkeep-alive timeout: {fins} pooled connections closed by the backend, "
+          f"{len(pp)} productpage requests, {len(errors(records))} failed; pool now {pool}")
+    record("keepalive_timeout", closed_by_backend=fins, requests=len(records),
+           failed=len(errors(records)))
+    assert pp and all(r[1] == "productpage-1" for r in pp)
+    assert not errors(records), errors(records)[:3]
+    assert pool and any(s == "idle" for s in pool[0]["pool"]), pool
+
+
+def test_rule_table_over_the_kernel_limit_goes_to_slow_path(tmp: Path) -> None:
+    """A virtual host with more rules than the kernel walks (SM_RULES_PER_VHOST) is served
+    by the slow path with the same routing, not refused."""
+    from bpf.limits import limit
+
+    n = limit("RULES_PER_VHOST") + 44
+    many = [{"name": f"r{i}", "match": {"path": f"/many/{i}"}, "route": {"cluster": "reviews-v3"}}
+            for i in range(n)]
+    with live_mesh(tmp) as lm:
+        version = lm.server.set_resources(mesh.mesh_resources(lm.endpoints(),
+                                                              many + REVIEWS_ROUTES))
+        lm.agent.wait_applied(lambda s: s["config"]["applied"]["versions"]["RDS"] == version)
+        before = lm.counters()
+        t = traffic(lm, ["reviews", "productpage"])
+        try:
+            wait_requests(lm, 300)
+        finally:
+            records = t.stop()
+        after = lm.counters()
+    limit_hits = after["limit"] - before["limit"]
+    reviews = Counter(r[1] for r in records if r[0] == "reviews")
+    print(f"\nrule limit: {n} rules in one virtual host; {len(records)} requests, "
+          f"{len(errors(records))} failed, {limit_hits} handed to the slow path (limit); "
+          f"reviews went to {dict(reviews)}")
+    record("rule_table_over_limit", rules=n, requests=len(records),
+           failed=len(errors(records)), slow_path_limit=limit_hits)
+    assert not errors(records)
+    assert limit_hits > 0
+    assert set(reviews) == {"reviews-v1-1"}  # /reviews matches the catch-all, as in Envoy
