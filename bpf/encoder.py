@@ -24,9 +24,10 @@ from typing import Any
 
 from bpf import layout as L
 from bpf import lb
-from bpf.hashing import fnv1a64
+from bpf.hashing import PARSER_HEADERS, fnv1a64
 from bpf.limits import limit
 from bpf.maps import PinnedMap
+from translator.envoy_request import ADJUSTED
 from translator.tables import (
     ActionKind,
     LbPolicy,
@@ -60,9 +61,14 @@ ORDER = ("sm_endpoints_v1", "sm_hosts_v1", "sm_clusters_v1", "sm_hdrslots_v1",
          "sm_weighted_v1", "sm_rules_v1", "sm_vhosts_v1", "sm_domains_v1", "sm_rtables_v1",
          "sm_services_v1")
 
+# names whose kernel slot holds exactly what Envoy's router matches; "host" gives the Host
+# value like ":authority" (measured on Envoy 1.40)
 PSEUDO_SLOTS = {":method": limit("SLOT_METHOD"), ":authority": limit("SLOT_AUTHORITY"),
-                ":path": limit("SLOT_PATH"), ":scheme": limit("SLOT_SCHEME")}
+                "host": limit("SLOT_AUTHORITY"), ":path": limit("SLOT_PATH"),
+                ":scheme": limit("SLOT_SCHEME")}
 FIRST_HDR_SLOT = 4
+# an exact path length over SM_PATH_MAX: route.h's sm_path_matches never accepts it
+NEVER_PATH_LEN = 0xFFFF
 LB_POLICY = {LbPolicy.ROUND_ROBIN: limit("LB_ROUND_ROBIN"), LbPolicy.RANDOM: limit("LB_RANDOM"),
              LbPolicy.LEAST_REQUEST: limit("LB_LEAST_REQUEST")}
 
@@ -273,10 +279,14 @@ class Encoder:
         self.ep_ids.keep_only(live_eps)
 
     def _hdr_slot(self, name: str) -> int | None:
+        """The kernel slot holding what Envoy's router sees for header ``name``, or None
+        when the raw request bytes cannot give it: other pseudo-headers, headers Envoy
+        adds, removes or rewrites before routing (envoy_request.ADJUSTED), and headers
+        the kernel's parser keeps for itself (hashing.PARSER_HEADERS)."""
         if name in PSEUDO_SLOTS:
             return PSEUDO_SLOTS[name]
-        if name.startswith(":") or name == "host":
-            return None  # other pseudo-headers and "host" are never found (model._View)
+        if name.startswith(":") or name in ADJUSTED or name in PARSER_HEADERS:
+            return None
         if name not in self.hdr_slots:
             n = FIRST_HDR_SLOT + len(self.hdr_slots)
             if n >= limit("HDR_SLOTS"):
@@ -306,7 +316,10 @@ class Encoder:
         user = False
         pm = rule.path
         value = pm.value.encode()
-        if pm.kind is PathKind.PREFIX and not value:
+        if rule.runtime_fraction == 0.0:
+            # a 0% runtime_fraction never matches (translator.model): no path is this long
+            r.path_kind, r.path_len = limit("PATH_EXACT"), NEVER_PATH_LEN
+        elif pm.kind is PathKind.PREFIX and not value:
             r.path_kind = limit("PATH_ANY")
         elif pm.kind in (PathKind.PREFIX, PathKind.EXACT, PathKind.PATH_SEPARATED_PREFIX):
             r.path_kind = {PathKind.PREFIX: limit("PATH_PREFIX"),
@@ -319,8 +332,7 @@ class Encoder:
             r.path_hash = fnv1a64(value)
         elif pm.kind is PathKind.CONNECT:
             # CONNECT requests never reach the kernel's parser (authority-form target)
-            r.path_kind = limit("PATH_EXACT")
-            r.path_len = 0xFFFF
+            r.path_kind, r.path_len = limit("PATH_EXACT"), NEVER_PATH_LEN
         else:  # regex: the kernel filters on its literal prefix, user space decides
             lit = regex_literal_prefix(pm.value).encode()
             if pm.case_sensitive and lit:

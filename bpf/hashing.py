@@ -38,3 +38,8 @@ WELL_KNOWN: dict[str, bytes] = {
     "M_PATCH": b"PATCH",
     "M_TRACE": b"TRACE",
 }
+
+# header names http_parse.h consumes itself (sm_header_name_done): their values never reach a
+# header slot registered in sm_hdrslots_v1, so a condition on one cannot be checked there
+PARSER_HEADERS: frozenset[str] = frozenset(
+    WELL_KNOWN[k].decode() for k in ("HOST", "CONTENT_LENGTH", "TRANSFER_ENCODING"))
