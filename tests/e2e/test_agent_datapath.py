@@ -104,6 +104,10 @@ async def live(tmp_path: Path) -> AsyncIterator[Live]:
             if agent is not None:
                 rc = await asyncio.to_thread(agent.stop)
                 assert rc in (0, None, -9), agent.output()
+                if rc == 0:
+                    # SIGTERM detached cleanly: nothing on the cgroup, nothing pinned
+                    assert _cgroup_progs(cg) == [], _cgroup_progs(cg)
+                    assert not pin.exists()
             # the outage test replaces the server: stop the one serving now
             await (lv.server if lv is not None else server).stop(grace=0.2)
             await asyncio.to_thread(backends.stop)
@@ -169,7 +173,7 @@ async def test_eds_add_and_remove_under_traffic(live: Live) -> None:
 def _cgroup_progs(cgroup: Path) -> list[tuple[int, str]]:
     out = subprocess.run(["bpftool", "-j", "cgroup", "show", str(cgroup)], capture_output=True,
                          text=True, check=True).stdout
-    return sorted((p["id"], p["attach_type"]) for p in json.loads(out or "[]"))
+    return sorted((p["id"], p["attach_type"]) for p in json.loads(out.strip() or "[]"))
 
 
 def _maps(pin: Path) -> dict[str, Any]:
