@@ -8,7 +8,6 @@ is retyped here.
 
 from __future__ import annotations
 
-import ctypes as C
 import os
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,9 @@ from typing import Any
 from bpf import layout as L
 from bpf import maps as bpfmaps
 
-# hash maps whose fill is counted by walking their keys (arrays are counted by the encoder)
-_HASH_MAPS: dict[str, tuple[Any, Any]] = {
-    "sm_services_v1": (L.SvcKey, L.Service),
-    "sm_domains_v1": (L.DomKey, C.c_uint32),
-    "sm_hdrslots_v1": (C.c_uint64, C.c_uint32),
-    "sm_clients_v1": (L.SockKey, L.Client),
-    "sm_origdst_v1": (C.c_uint64, L.OrigDst),
-    "sm_poolports_v1": (L.SockKey, C.c_uint32),
-}
+# hash maps whose fill is counted by walking their keys (arrays are counted by the encoder);
+# bpf.layout names them with their layout version
+HASH_MAPS: dict[str, tuple[Any, Any]] = L.PINNED_HASH_MAPS
 
 
 def fdinfo(fd: int) -> dict[str, str]:
@@ -63,8 +56,8 @@ def map_fill(pin_dir: Path, encoder: Any = None) -> dict[str, tuple[int, int]]:
         name = path.name
         info = _pinned_info(path)
         cap = int(info.get("max_entries", 0))
-        if name in _HASH_MAPS:
-            k, v = _HASH_MAPS[name]
+        if name in HASH_MAPS:
+            k, v = HASH_MAPS[name]
             m = bpfmaps.PinnedMap(path, k, v)
             try:
                 n = sum(1 for _ in m.keys())  # noqa: SIM118 - PinnedMap is not iterable
