@@ -175,7 +175,7 @@ def dump(pin_dir: Path, encoder: Encoder | None = None) -> dict[str, Any]:
     m.close()
     hosts.close()
     out["clusters"] = clusters
-    m = opened("sm_clients_v2", L.SockKey, L.Client)
+    m = opened(L.CLIENTS_MAP, L.SockKey, L.Client)
     out["clients"] = [
         {"client": f"{ip_str(k.ip4)}:{k.port}", "service": f"{ip_str(v.vip)}:{_port(v.port)}",
          "route_table": names("rt", v.rt_id), "user": v.user, "requests": v.requests,

@@ -107,13 +107,16 @@ STRUCTS: dict[str, type[C.Structure]] = {
 }
 
 
+# per-connection state (sockops, sk_msg, the slow path): application socket -> Client
+CLIENTS_MAP = "sm_clients_v2"
+
 # pinned hash maps user space reads besides the encoder's: name -> (key type, value type).
 # Import this instead of retyping map names (they carry a layout version).
 PINNED_HASH_MAPS: dict[str, tuple[type, type]] = {
     "sm_services_v1": (SvcKey, Service),
     "sm_domains_v1": (DomKey, C.c_uint32),
     "sm_hdrslots_v1": (C.c_uint64, C.c_uint32),
-    "sm_clients_v2": (SockKey, Client),
+    CLIENTS_MAP: (SockKey, Client),
     "sm_origdst_v1": (C.c_uint64, OrigDst),
     "sm_poolports_v1": (SockKey, C.c_uint32),
 }

@@ -268,7 +268,7 @@ class SpliceListener:
     def __init__(self, pin_dir: Path, host: str = "127.0.0.1",
                  route_table_name: Callable[[int], str | None] = lambda _i: None) -> None:
         self.pin_dir = Path(pin_dir)
-        self.clients = PinnedMap(self.pin_dir / "sm_clients_v2", L.SockKey, L.Client)
+        self.clients = PinnedMap(self.pin_dir / L.CLIENTS_MAP, L.SockKey, L.Client)
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.lsock.bind((host, 0))
