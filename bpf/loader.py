@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpf import maps
+from bpf.cgroup2 import cgroup2_root
 from bpf.hashing import WELL_KNOWN, fnv1a64
 from bpf.layout import Config
 from bpf.limits import limit
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
-CGROUP2_ROOT = Path("/sys/fs/cgroup/unified")
+CGROUP2_ROOT = cgroup2_root()
 BPFFS = Path("/sys/fs/bpf")
 
 # enum bpf_attach_type values from the kernel uapi (stable ABI)
@@ -119,11 +120,13 @@ def build_id(pin_dir: Path) -> int:
     return struct.unpack("<Q", h.digest()[:8])[0] or 1
 
 
-def check_cgroup(path: Path) -> Path:
-    """Refuse anything but an existing child cgroup of the cgroup v2 root."""
+def check_cgroup(path: Path, root: Path | None = None) -> Path:
+    """Refuse anything but an existing child cgroup of the cgroup v2 root (``root``, by
+    default the mount point bpf.cgroup2 found)."""
+    root = CGROUP2_ROOT if root is None else root
     path = Path(path).resolve()
-    if path == CGROUP2_ROOT or CGROUP2_ROOT not in path.parents:
-        raise DatapathError(f"refusing to attach to {path}: not a child cgroup of {CGROUP2_ROOT}")
+    if path == root or root not in path.parents:
+        raise DatapathError(f"refusing to attach to {path}: not a child cgroup of {root}")
     if not (path / "cgroup.procs").exists():
         raise DatapathError(f"{path} is not a cgroup v2 directory")
     return path

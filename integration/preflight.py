@@ -11,7 +11,9 @@ import os
 import platform
 from pathlib import Path
 
-CGROUP2_ROOT = Path("/sys/fs/cgroup/unified")
+from bpf.cgroup2 import cgroup2_root
+
+CGROUP2_ROOT = cgroup2_root()  # hybrid: /sys/fs/cgroup/unified; pure v2: /sys/fs/cgroup
 BPFFS = Path("/sys/fs/bpf")
 
 

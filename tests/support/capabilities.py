@@ -7,8 +7,10 @@ import os
 import shutil
 from pathlib import Path
 
+from bpf.cgroup2 import cgroup2_root
+
 ROOT = Path(__file__).resolve().parents[2]
-CGROUP2_ROOT = Path("/sys/fs/cgroup/unified")
+CGROUP2_ROOT = cgroup2_root()  # hybrid: /sys/fs/cgroup/unified; pure v2: /sys/fs/cgroup
 BPFFS = Path("/sys/fs/bpf")
 
 
