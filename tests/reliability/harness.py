@@ -177,7 +177,8 @@ def live_mesh(tmp: Path, with_envoy: bool = False, separate: tuple[str, ...] = (
                           overrides=dict(overrides))
             lv.push_good()
             agent.start()
-            agent.wait_applied(lambda st: st["config"]["applied"]["endpoints"] == 9)
+            # bcc compiles the programs at start: allow for a busy machine
+            agent.wait_applied(lambda st: st["config"]["applied"]["endpoints"] == 9, timeout=120)
             if not agent.status()["datapath"]["loaded"]:
                 raise RuntimeError(f"datapath not loaded: {agent.output()}")
             if with_envoy:
