@@ -275,8 +275,10 @@ def readme_section(r: dict[str, Any]) -> str:
     return "\n".join([
         README_START,
         (f"Full run of {r['date'][:10]} on {m['nproc']} vCPUs ({m['cpu_model']}, kernel "
-        f"{m['kernel']}), load average {m['loadavg'][0]:.2f} at the start; method and plots "
-        "in [docs/benchmarks.md](docs/benchmarks.md)."),
+        f"{m['kernel']}), load average {m['loadavg'][0]:.2f} at the start and "
+        f"{r['loadavg_end'][0]:.2f} at the end (a shared machine: the background column is "
+        "how many cores others kept busy); method, plots and where the time goes in "
+        "[docs/benchmarks.md](docs/benchmarks.md)."),
         "", *_md_table(r), "", *_md_targets(r), README_END])
 
 
