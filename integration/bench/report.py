@@ -211,7 +211,8 @@ def plots(r: dict[str, Any], out: Path) -> list[Path]:
             ax.bar([i + (j - 1) * width for i in range(len(rows))],
                    [row[f"{kind}_{pct}_us"] for row in rows], width, label=pct)
         ax.set_xticks(range(len(rows)), names)
-        ax.set_ylabel("latency (us)")
+        ax.set_yscale("log")
+        ax.set_ylabel("latency (us, log scale)")
         ax.set_title(f"Latency, {title}")
         ax.legend()
     fig.tight_layout()

@@ -141,7 +141,7 @@ class Bench:
         self.warm_s = 1.0
         self.endpoint_changes = 10 if self.quick else 100
         self.route_updates = 100 if self.quick else 1000
-        self.budget_s = 10.0 if self.quick else 60.0  # per control-plane series
+        self.budget_s = 5.0 if self.quick else 60.0  # per control-plane series
         self.t0 = time.monotonic()
         self.notes: list[str] = []
 
