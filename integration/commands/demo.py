@@ -123,8 +123,16 @@ class Demo:
     async def main(self) -> int:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
-        if task is not None:
-            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        stopped_by = {"code": 143}
+
+        def on_signal(code: int) -> None:
+            stopped_by["code"] = code
+            if task is not None:
+                task.cancel()
+
+        # Ctrl-C and SIGTERM both cancel the run, so the cleanup below always happens
+        loop.add_signal_handler(signal.SIGINT, on_signal, 130)
+        loop.add_signal_handler(signal.SIGTERM, on_signal, 143)
         try:
             return await self._run()
         except DemoError as exc:
@@ -132,7 +140,7 @@ class Demo:
             return 1
         except asyncio.CancelledError:
             print("sockmesh demo: stopped by a signal; cleaning up", file=sys.stderr)
-            return 143
+            return stopped_by["code"]
         finally:
             await self._cleanup()
 
