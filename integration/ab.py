@@ -35,6 +35,7 @@ import base64
 import html
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -329,7 +330,7 @@ def percentiles(xs: list[float]) -> dict[str, float]:
     s = sorted(xs)
 
     def at(p: float) -> float:
-        return s[min(len(s) - 1, max(0, round(p * len(s) + 0.5) - 1))]
+        return s[min(len(s), max(1, math.ceil(p * len(s)))) - 1]
 
     return {"n": len(s), "p50_us": at(0.5), "p90_us": at(0.9), "p99_us": at(0.99),
             "max_us": s[-1]}

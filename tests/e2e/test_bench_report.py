@@ -1,0 +1,106 @@
+"""The benchmark's verdicts and ratios (integration/bench/report.py) on results built here:
+each target flips between MET and MISSED at its threshold, and the A/B comparison flags what
+differs.  No kernel, no network; milliseconds."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from integration.ab import Side, compare, percentiles
+from integration.bench import report
+
+
+def _wrk(rps: float, p50: float, p99: float) -> dict[str, Any]:
+    return {"connections": 8, "seconds": 8, "requests": int(rps * 8), "rps": rps,
+            "p50_us": p50, "p90_us": (p50 + p99) / 2, "p99_us": p99, "errors": 0}
+
+
+def _results(kernel_rps: float, kernel_p50: float, kernel_cpu: float) -> dict[str, Any]:
+    sc = {
+        "direct": (10_000.0, 50.0, 100.0, 1.0),
+        "kernel": (kernel_rps, kernel_p50, 110.0, kernel_cpu),
+        "slow": (3_000.0, 200.0, 400.0, 5.0),
+        "envoy": (4_000.0, 150.0, 300.0, 3.0),
+        "sidecars": (3_000.0, 250.0, 500.0, 4.0),
+    }
+    return {
+        "scenarios": {k: {"saturation": _wrk(rps, p50 * 2, p99 * 2),
+                          "low_rate": _wrk(900.0, p50, p99), "cpu_s_per_10k": cpu}
+                      for k, (rps, p50, p99, cpu) in sc.items()},
+        "memory": {"istio": {"agent_rss": 100 * 2**20, "bpf_map_bytes": 50 * 2**20,
+                             "envoy_sidecar_rss": 200 * 2**20, "clusters": 3000}},
+        "control": {"snapshot_apply": {"kernel_s": 0.5, "translate_s": 0.4, "map_writes": 9},
+                    "endpoint_change": {"median_ms": 2.0, "p99_ms": 3.0, "n": 10}},
+    }
+
+
+def _verdicts(r: dict[str, Any]) -> dict[str, bool | None]:
+    return {t.name: t.met for t in report.targets(r)}
+
+
+def test_targets_met_and_missed_at_their_thresholds() -> None:
+    good = _verdicts(_results(kernel_rps=9_500, kernel_p50=55, kernel_cpu=1.1))
+    assert len(good) == 8 and all(good.values()), good
+    bad = _verdicts(_results(kernel_rps=8_000, kernel_p50=80, kernel_cpu=1.3))
+    assert bad["throughput vs direct"] is False  # 0.8 < 0.9
+    assert bad["throughput vs Envoy one hop"] is True  # 2.0 >= 2.0
+    assert bad["added p50 latency vs Envoy's added (low rate)"] is False  # 30/100
+    assert bad["CPU per request vs direct"] is False  # 1.3 > 1.15
+    r = _results(kernel_rps=9_500, kernel_p50=55, kernel_cpu=1.1)
+    r["memory"]["istio"]["bpf_map_bytes"] = 100 * 2**20  # 200 MiB is not < 200 MiB
+    r["control"]["endpoint_change"]["median_ms"] = 10.0
+    v = _verdicts(r)
+    assert v["agent + maps memory vs one Envoy sidecar (Istio-sized config)"] is False
+    assert v["one endpoint change to the datapath (median ms)"] is False
+
+
+def test_noise_leaves_a_latency_ratio_unmeasured() -> None:
+    r = _results(kernel_rps=9_500, kernel_p50=55, kernel_cpu=1.1)
+    r["scenarios"]["envoy"]["low_rate"]["p99_us"] = 90.0  # below direct's p99
+    t = next(t for t in report.targets(r) if t.name.startswith("added p99"))
+    assert t.met is None and "noise" in t.figures and t.line().startswith("NOT MEASURED")
+
+
+def test_readme_section_is_replaced_not_added(tmp_path: Any) -> None:
+    r = _results(kernel_rps=9_500, kernel_p50=55, kernel_cpu=1.1)
+    r.update({"date": "2026-01-01T00:00:00+00:00", "loadavg_end": [0.1, 0.1, 0.1],
+              "method": {"pace_rps": 1000},
+              "machine": {"nproc": 2, "cpu_model": "cpu", "kernel": "k",
+                          "loadavg": [0.2, 0.2, 0.2]}})
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nkept\n")
+    report.update_readme(readme, r)
+    first = readme.read_text()
+    r2 = copy.deepcopy(r)
+    r2["scenarios"]["kernel"]["saturation"]["rps"] = 9_876
+    report.update_readme(readme, r2)
+    text = readme.read_text()
+    assert text.startswith("# x\n\nkept\n") and text.count(report.README_START) == 1
+    assert "| 9,876 |" in text and "| 9,876 |" not in first
+
+
+@pytest.mark.parametrize(("envoy", "ours", "decision", "problems"), [
+    (("r", "a", 200, None), ("r", "a", 200, None), {"action": "cluster", "cluster": "a"}, 0),
+    (("r", "a", 200, None), ("q", "a", 200, None), {"action": "cluster", "cluster": "a"}, 1),
+    (("r", "a", 200, None), ("r", "b", 200, None), {"action": "cluster", "cluster": "a"}, 2),
+    (("r", "a", 200, None), ("r", "b", 200, None),
+     {"action": "weighted_clusters", "candidates": [{"cluster": "a"}, {"cluster": "b"}]}, 0),
+    ((None, None, 301, "http://x/"), (None, None, 301, "http://y/"),
+     {"action": "redirect"}, 1),
+    ((None, None, 404, None), (None, None, 503, None), {"action": "no_route"}, 1),
+])
+def test_ab_compare(envoy: tuple[Any, ...], ours: tuple[Any, ...], decision: dict[str, Any],
+                    problems: int) -> None:
+    def side(route: str | None, cluster: str | None, status: int,
+             location: str | None) -> Side:
+        return Side(route, cluster, None, status, location, 1.0, None)
+
+    assert len(compare(side(*envoy), side(*ours), decision)) == problems
+
+
+def test_percentiles_nearest_rank() -> None:
+    p = percentiles([float(x) for x in range(1, 101)])
+    assert (p["p50_us"], p["p90_us"], p["p99_us"], p["max_us"]) == (50.0, 90.0, 99.0, 100.0)
