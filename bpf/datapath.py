@@ -1,6 +1,6 @@
 """The datapath as the node agent uses it: load, apply tables, read counters, dump, close.
 
-    dp = Datapath([cgroup], pin_dir)
+    dp = Datapath([cgroup], pin_dir)   # splice_addr="10.0.0.5": listen on the node IP
     dp.load()                  # splice listener, programs, maps, pools, slow path
     dp.apply(tables)           # translator.Tables -> maps (diffs) -> pools follow
     dp.counters()              # {"fast": n, "pool_empty": n, ...} summed over CPUs
@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ctypes as C
+import ipaddress
 import socket
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from bpf.pools import Pools
 from bpf.splice import SpliceListener
 from translator.tables import Endpoint, Tables
 
+# where the splice listener binds unless told otherwise: applications in this network
+# namespace reach it, nothing else can
+DEFAULT_SPLICE_ADDR = "127.0.0.1"
 SLOT_STATES = {limit("SLOT_EMPTY"): "empty", limit("SLOT_IDLE"): "idle",
                limit("SLOT_BUSY"): "busy", limit("SLOT_DEAD"): "dead"}
 
@@ -32,11 +36,20 @@ SLOT_STATES = {limit("SLOT_EMPTY"): "empty", limit("SLOT_IDLE"): "idle",
 class Datapath:
     """One in-kernel datapath attached to ``cgroups`` with its maps pinned in ``pin_dir``."""
 
-    def __init__(self, cgroups: list[Path] | Path, pin_dir: Path, host: str = "127.0.0.1",
-                 warm: int = 2) -> None:
+    def __init__(self, cgroups: list[Path] | Path, pin_dir: Path,
+                 splice_addr: str | None = DEFAULT_SPLICE_ADDR, warm: int = 2) -> None:
+        """``splice_addr``: the IPv4 address the splice listener binds and connect4 sends
+        L7 connections to (None: the default); loopback unless the applications live in
+        other network namespaces (a node agent with hostNetwork binds the node IP)."""
+        splice_addr = DEFAULT_SPLICE_ADDR if splice_addr is None else splice_addr
+        try:
+            ipaddress.IPv4Address(splice_addr)
+        except ValueError:
+            raise ValueError(f"splice address {splice_addr!r} is not an IPv4 address "
+                             "(connect4 rewrites IPv4 connects only)") from None
         self.cgroups = cgroups if isinstance(cgroups, list) else [cgroups]
         self.pin_dir = Path(pin_dir)
-        self.host = host
+        self.splice_addr = splice_addr
         self.warm = warm
         self.loader: Loader | None = None
         self.encoder: Encoder | None = None
@@ -59,7 +72,7 @@ class Datapath:
         assert self.loader is not None
         self.encoder = Encoder(self.pin_dir)
         self._epactive = PinnedMap(self.pin_dir / "sm_epactive_v1", C.c_uint32, C.c_uint64)
-        self.splice = SpliceListener(self.pin_dir, self.host,
+        self.splice = SpliceListener(self.pin_dir, self.splice_addr,
                                      route_table_name=self.encoder.route_table_name)
         self.splice.picker = Picker(active=self._active_of)
         self.splice.start()
@@ -84,7 +97,7 @@ class Datapath:
         assert self.loader is not None
         self.loader.close(detach=False)
         self.loader = Loader(self.cgroups, self.pin_dir, splice=self.splice.addr if self.splice
-                             else ("127.0.0.1", 0))
+                             else (self.splice_addr, 0))
         self.loader.load()
         return self.loader
 

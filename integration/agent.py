@@ -63,16 +63,18 @@ class Datapath(Protocol):
     def close(self, detach: bool = True) -> None: ...
 
 
-DatapathFactory = Callable[[list[Path], Path], Datapath]
+DatapathFactory = Callable[[list[Path], Path, str | None], Datapath]
 
 
-def default_datapath(cgroups: list[Path], pin_dir: Path) -> Datapath:
-    """bpf's datapath on ``cgroups`` with maps pinned under ``pin_dir``, its sockets held by
-    the socket keeper so that they survive the agent (integration/kept_datapath.py)."""
+def default_datapath(cgroups: list[Path], pin_dir: Path,
+                     splice_addr: str | None = None) -> Datapath:
+    """bpf's datapath on ``cgroups`` with maps pinned under ``pin_dir`` and its splice
+    listener on ``splice_addr`` (None: loopback), its sockets held by the socket keeper so
+    that they survive the agent (integration/kept_datapath.py)."""
     # imported late: the xDS side of the agent runs without bpf's dependencies (libbpf, bcc)
     from integration.kept_datapath import KeptDatapath
 
-    return KeptDatapath(cgroups, pin_dir)
+    return KeptDatapath(cgroups, pin_dir, splice_addr)
 
 
 @dataclass
@@ -92,6 +94,9 @@ class AgentConfig:
     backoff_max: float = 10.0
     # False: run the xDS side only (no kernel), e.g. to check what a control plane sends
     datapath: bool = True
+    # IPv4 address of the splice listener (None: loopback); a hostNetwork node agent whose
+    # applications live in pod network namespaces gives the node IP
+    splice_addr: str | None = None
 
 
 @dataclass
@@ -177,7 +182,8 @@ class Agent:
 
     async def _load_datapath(self) -> None:
         try:
-            dp = self._factory(list(self.config.cgroups), self.config.pin_dir)
+            dp = self._factory(list(self.config.cgroups), self.config.pin_dir,
+                               self.config.splice_addr)
             await asyncio.to_thread(dp.load)
         except Exception as exc:  # noqa: BLE001 - any failure means: fail open, say why
             self.datapath_error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)

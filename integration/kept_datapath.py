@@ -25,9 +25,11 @@ from translator.tables import Tables
 class KeptDatapath:
     """Proxy for the Datapath in the socket keeper."""
 
-    def __init__(self, cgroups: list[Path], pin_dir: Path) -> None:
+    def __init__(self, cgroups: list[Path], pin_dir: Path,
+                 splice_addr: str | None = None) -> None:
         self.cgroups = list(cgroups)
         self.pin_dir = Path(pin_dir)
+        self.splice_addr = splice_addr  # None: bpf's default (loopback)
         self.keeper: socket_keeper.KeeperClient | None = None
         self.tables = Tables()
         self.adopted = False
@@ -41,7 +43,7 @@ class KeptDatapath:
         if keeper is not None:
             self.adopted = True
         else:
-            keeper = socket_keeper.spawn(self.cgroups, self.pin_dir)
+            keeper = socket_keeper.spawn(self.cgroups, self.pin_dir, self.splice_addr)
             self.adopted = bool(keeper.info.get("reused_pins"))
         self.keeper = keeper
         return self

@@ -117,17 +117,18 @@ def connect(pin_dir: Path, timeout: float = 5.0) -> KeeperClient | None:
     return client
 
 
-def spawn(cgroups: list[Path], pin_dir: Path) -> KeeperClient:
-    """Start a keeper that loads the datapath; connect to it.  KeeperError says why not."""
+def spawn(cgroups: list[Path], pin_dir: Path, splice_addr: str | None = None) -> KeeperClient:
+    """Start a keeper that loads the datapath (its splice listener on ``splice_addr``, None:
+    bpf's loopback default); connect to it.  KeeperError says why not."""
     try:
-        return _spawn(cgroups, pin_dir)
+        return _spawn(cgroups, pin_dir, splice_addr)
     except BaseException:
         for path in control_paths(pin_dir):
             path.unlink(missing_ok=True)
         raise
 
 
-def _spawn(cgroups: list[Path], pin_dir: Path) -> KeeperClient:
+def _spawn(cgroups: list[Path], pin_dir: Path, splice_addr: str | None) -> KeeperClient:
     RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
     sock, key = control_paths(pin_dir)
     sock.unlink(missing_ok=True)
@@ -136,6 +137,8 @@ def _spawn(cgroups: list[Path], pin_dir: Path) -> KeeperClient:
     env = dict(os.environ)
     env["PYTHONPATH"] = PKG_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     argv = [sys.executable, "-m", "integration.socket_keeper", "--pin-dir", str(pin_dir)]
+    if splice_addr is not None:
+        argv += ["--splice-addr", splice_addr]
     for cg in cgroups:
         argv += ["--cgroup", str(cg)]
     proc = subprocess.Popen(argv, cwd=PKG_ROOT, env=env, text=True,
@@ -173,11 +176,12 @@ def _spawn(cgroups: list[Path], pin_dir: Path) -> KeeperClient:
 class Keeper:
     """Owns one bpf Datapath; obeys the agent."""
 
-    def __init__(self, cgroups: list[Path], pin_dir: Path) -> None:
+    def __init__(self, cgroups: list[Path], pin_dir: Path,
+                 splice_addr: str | None = None) -> None:
         from bpf.datapath import Datapath
 
         self.pin_dir = pin_dir
-        self.dp = Datapath(cgroups, pin_dir)
+        self.dp = Datapath(cgroups, pin_dir, splice_addr=splice_addr)
         self.stopping = threading.Event()
         self.detach = True
 
@@ -247,11 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pin-dir", type=Path, required=True)
     p.add_argument("--cgroup", type=Path, action="append", required=True)
+    p.add_argument("--splice-addr", default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s socket-keeper: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent's Ctrl-C is the agent's
-    keeper = Keeper(args.cgroup, args.pin_dir)
+    keeper = Keeper(args.cgroup, args.pin_dir, args.splice_addr)
     try:
         keeper.dp.load()
     except Exception as exc:  # noqa: BLE001 - the agent fails open with this reason

@@ -57,6 +57,14 @@ def listen_addr(text: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
+def ipv4_addr(text: str) -> str:
+    """argparse type: an IPv4 address (connect4 rewrites IPv4 connects only)."""
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
+
+
 def cgroup_path(text: str) -> Path:
     """argparse type: an existing child cgroup v2 directory (never the root)."""
     path = Path(text)
@@ -132,6 +140,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "does not exist (15)")
     parser.add_argument("--backoff-max", type=positive, default=10.0, metavar="S",
                         help="longest wait between reconnect attempts (10)")
+    parser.add_argument("--splice-addr", type=ipv4_addr, default=None, metavar="IP",
+                        help="address of the splice listener that L7 connections are sent "
+                             "to (default 127.0.0.1); a hostNetwork node agent whose "
+                             "applications run in pod network namespaces gives the node IP")
     parser.add_argument("--no-datapath", action="store_true",
                         help="xDS side only: subscribe, translate, serve status/metrics, "
                              "program nothing")
@@ -166,6 +178,7 @@ def build_config(args: argparse.Namespace, parser_error: object = None) -> Agent
         delta=args.delta, admin_addr=args.metrics_addr, ca_file=ca, token_file=token,
         server_name=name, does_not_exist_timeout=args.missing_after,
         backoff_max=args.backoff_max, datapath=not args.no_datapath,
+        splice_addr=args.splice_addr,
     )
 
 
