@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -203,3 +204,18 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def keep_repo_visible(stash: str) -> tuple[str, str]:
+    """Shell commands that keep the checkout reachable across the pod-shaped tmpfs mounts.
+
+    A checkout may live under a path the pod layout covers with an emptyDir (CI clones
+    into a temporary folder, for example under /tmp).  The first command binds the checkout
+    at ``stash`` before the tmpfs mounts; the second binds it back at its own path if a
+    tmpfs hid it.  Both act only inside the test's private mount namespace.
+    """
+    root = shlex.quote(str(ROOT))
+    before = f"mkdir -p {stash} && mount --bind {root} {stash}"
+    after = (f"{{ [ -e {root}/pyproject.toml ] || "
+             f"{{ mkdir -p {root} && mount --bind {stash} {root}; }}; }}")
+    return before, after

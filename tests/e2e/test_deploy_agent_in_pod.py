@@ -100,6 +100,8 @@ def pod_script(ds: dict[str, Any], c: dict[str, Any]) -> str:
             "mount -o remount,bind,ro /mnt/lib-modules",
             "mount --bind /usr/src /mnt/usr-src",
             "mount -o remount,bind,ro /mnt/usr-src"]
+    keep, restore = dr.keep_repo_visible("/mnt/repo")
+    cmds.append(keep)
     for m in sorted(c["volumeMounts"], key=lambda m: len(PurePosixPath(m["mountPath"]).parts)):
         path, vol = m["mountPath"], volumes[m["name"]]
         if "emptyDir" in vol:
@@ -110,6 +112,7 @@ def pod_script(ds: dict[str, Any], c: dict[str, Any]) -> str:
             continue  # bpffs is this machine's; headers come from /mnt; no credentials (plaintext)
         if m.get("readOnly"):
             cmds.append(f"mount -o remount,bind,ro {path}")
+    cmds.append(restore)
     cmds.append("mount -o remount,bind,ro /")
     return " && ".join(cmds)
 

@@ -55,7 +55,9 @@ def load_with(caps: list[str]) -> subprocess.CompletedProcess[str]:
     (readOnlyRootFilesystem) and an empty tmpfs at /tmp (the emptyDir), in a private mount
     namespace; bpffs and cgroup v2 are their own mounts."""
     bounding = ",".join(["-all"] + [f"+{c.lower()}" for c in caps])
-    pod = ("mount -o remount,bind,ro / && mount -t tmpfs sockmesh-test /tmp && "
+    keep, restore = dr.keep_repo_visible("/mnt")
+    pod = (f"{keep} && mount -t tmpfs sockmesh-test /tmp && {restore} && "
+           "mount -o remount,bind,ro / && "
            'exec setpriv --no-new-privs --bounding-set="$0" --inh-caps=-all '
            '"$1" -c "$2" "$3" "$4"')
     with dedicated_cgroup() as cg:
