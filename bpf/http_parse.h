@@ -58,10 +58,18 @@ static __always_inline void sm_header_name_done(struct sm_scratch *s)
 	p->st = SM_S_HLWS;
 }
 
-static __always_inline void sm_header_value_done(struct sm_scratch *s)
+/* i: the offset of the '\r' that ends the value */
+static __always_inline void sm_header_value_done(struct sm_scratch *s, __u32 i)
 {
 	struct sm_parse *p = &s->p;
 	__u32 cur = p->cur;
+	if (p->vlen && (cur == SM_H_HOST || (cur & SM_H_SLOT))) {
+		/* Envoy drops spaces and tabs after a value; the hashes include them, so a value
+		 * the kernel matches on must not end in one: user space trims and decides */
+		__u8 last = s->buf[SM_MASK(i - 1)];
+		if (last == ' ' || last == '\t')
+			p->bad = SM_R_PARSE_LIMIT;
+	}
 	if (cur == SM_H_HOST) {
 		if (p->hlen)
 			p->bad = SM_R_PIPELINED; /* two Host headers: let user space answer */
@@ -189,7 +197,7 @@ static __always_inline void sm_parse_byte(struct sm_scratch *s, __u32 i, __u8 c)
 		/* fall through: c is the first value byte */
 	}
 	if (c == '\r') {
-		sm_header_value_done(s);
+		sm_header_value_done(s, i);
 		return;
 	}
 	if (c == '\n' || (c < 0x20 && c != '\t') || c == 0x7f) {

@@ -99,7 +99,8 @@
 /* why a request left the fast path; index into sm_counters_v1 */
 #define SM_R_FAST 0                    /* routed and dispatched in kernel */
 #define SM_R_NOT_HTTP 1                /* TLS ClientHello, h2 preface, garbage */
-#define SM_R_PARSE_LIMIT 2             /* head, path or host longer than the parse limits */
+#define SM_R_PARSE_LIMIT 2             /* head, path or host over the parse limits; a matched
+                                        * value (Host, header slot) ending in a space/tab */
 #define SM_R_PIPELINED 3               /* bytes after the request in one write */
 #define SM_R_POOL_EMPTY 4              /* no idle pooled connection to the endpoint */
 #define SM_R_RULE_USER 5               /* a rule the kernel cannot evaluate might win */

@@ -131,3 +131,14 @@ def test_runtime_fraction_zero_never_matches_in_kernel(mesh: Mesh, client: Clien
     rt = tables.route_tables["rt"]
     assert all((route(rt, c.model(), tables.clusters).cluster == "c2") is special_wins
                for c in cases)
+
+
+def test_value_with_trailing_whitespace_matches_like_envoy(mesh: Mesh, client: Client,
+                                                           backends) -> None:
+    """Envoy's HTTP/1 parser drops spaces and tabs after a value (and after the Host)."""
+    special = rule("/", action=to("c2"), headers=(ValueMatch("x-canary", StringKind.EXACT,
+                                                             "yes"),))
+    cases = [Case(headers={"x-canary": "yes "}), Case(headers={"x-canary": "yes\t"}),
+             Case(headers={"x-canary": "yes"}), Case(headers={"x-canary": "no "}),
+             Case(host=HOST + " ", headers={"x-canary": "yes"}), Case(host="other.test\t")]
+    _run(mesh, client, _tables(special, backends), cases)
