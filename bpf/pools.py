@@ -35,6 +35,7 @@ IDLE, BUSY, DEAD, EMPTY = (limit("SLOT_IDLE"), limit("SLOT_BUSY"), limit("SLOT_D
                            limit("SLOT_EMPTY"))
 RF_LOST = limit("RF_LOST")
 CONNECT_TIMEOUT = 1.0
+UNIQUE_PORT_BIND = "0.0.0.0"  # bind(2) to any address, port 0: a port unused on every address
 RETRY_AFTER = 0.2  # seconds before connecting again to an endpoint that refused
 LOST_GRACE = 0.2  # a closed pooled connection still busy this long lost its request
 DRAIN_GRACE = 0.05  # a removed endpoint's idle connections close after this
@@ -209,7 +210,13 @@ class Pools:
         self._closed_busy.pop(sid, None)
         self.slots.set(sid, L.Slot(state=EMPTY, ep_id=ep))
         try:
-            s = socket.create_connection(addr, timeout=CONNECT_TIMEOUT)
+            # An explicit bind gives a local port no other socket holds.  connect()'s own
+            # port choice shares a port between connections to different destinations, and
+            # sk_skb finds a slot by the pooled socket's local address (sm_poolports_v1): two
+            # pooled sockets on one port sent one's response to the other's slot, where it was
+            # dropped as unasked-for (resp_lost) and the client waited out its timeout.
+            s = socket.create_connection(addr, timeout=CONNECT_TIMEOUT,
+                                         source_address=(UNIQUE_PORT_BIND, 0))
         except OSError as exc:
             log.info("pool connect to %s:%d failed: %s", addr[0], addr[1], exc)
             self._retry_at[ep] = time.monotonic() + RETRY_AFTER
