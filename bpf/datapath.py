@@ -200,7 +200,10 @@ def dump(pin_dir: Path, encoder: Encoder | None = None) -> dict[str, Any]:
     eps = opened("sm_endpoints_v1", C.c_uint32, L.Endpoint)
     active = opened("sm_epactive_v1", C.c_uint32, C.c_uint64)
     endpoints = []
-    known = encoder.endpoints() if encoder is not None else {}
+    # the pinned array itself says which ids are in use (the encoder zeroes removed ones), so
+    # a dump without a running agent (no encoder) still lists every endpoint
+    known = set(encoder.endpoints()) if encoder is not None else set()
+    known |= {int(k.value) for k, v in eps.items() if v.port}
     for ep in sorted(known):
         e = eps.get(ep)
         n = eppool.get(ep)
