@@ -66,7 +66,8 @@ ORDER = ("sm_endpoints_v1", "sm_hosts_v1", "sm_clusters_v1", "sm_hdrslots_v1",
 PSEUDO_SLOTS = {":method": limit("SLOT_METHOD"), ":authority": limit("SLOT_AUTHORITY"),
                 "host": limit("SLOT_AUTHORITY"), ":path": limit("SLOT_PATH"),
                 ":scheme": limit("SLOT_SCHEME")}
-FIRST_HDR_SLOT = 4
+# real header names get the slots after the pseudo-headers' (sockmesh.h)
+FIRST_HDR_SLOT = max(PSEUDO_SLOTS.values()) + 1
 # an exact path length over SM_PATH_MAX: route.h's sm_path_matches never accepts it
 NEVER_PATH_LEN = 0xFFFF
 LB_POLICY = {LbPolicy.ROUND_ROBIN: limit("LB_ROUND_ROBIN"), LbPolicy.RANDOM: limit("LB_RANDOM"),
@@ -193,7 +194,10 @@ class Encoder:
         self.ep_ids = IdAllocator(limit("MAX_ENDPOINTS"))
         self.rule_ranges = RangeAllocator(limit("MAX_RULES"))
         self.weighted_ranges = RangeAllocator(limit("MAX_WEIGHTED"))
-        self.hdr_slots: dict[str, int] = {}
+        # header name -> id; slot = FIRST_HDR_SLOT + id - 1.  Names no rule uses any more
+        # give their slot back (quarantined for one apply like every other id)
+        self.hdr_ids = IdAllocator(limit("HDR_SLOTS") - FIRST_HDR_SLOT + 1)
+        self._hdr_used: set[str] = set()
         self._current: dict[str, dict[bytes, bytes]] = {n: {} for n in MAPS}
         # reverse maps for dump and tests: global rule index + 1 -> (table, vhost, rule index)
         self.rule_index: dict[int, tuple[str, str, int]] = {}
@@ -287,12 +291,17 @@ class Encoder:
             return PSEUDO_SLOTS[name]
         if name.startswith(":") or name in ADJUSTED or name in PARSER_HEADERS:
             return None
-        if name not in self.hdr_slots:
-            n = FIRST_HDR_SLOT + len(self.hdr_slots)
-            if n >= limit("HDR_SLOTS"):
-                return None
-            self.hdr_slots[name] = n
-        return self.hdr_slots[name]
+        i = self.hdr_ids.get(name)
+        if i is None:
+            return None
+        self._hdr_used.add(name)
+        return FIRST_HDR_SLOT + i - 1
+
+    @property
+    def hdr_slots(self) -> dict[str, int]:
+        """Header name -> kernel slot, for the names the current rules use."""
+        return {n: FIRST_HDR_SLOT + i - 1 for n, i in self.hdr_ids.ids.items()
+                if n in self._hdr_used}
 
     def _cond(self, m: ValueMatch) -> L.Cond | None:
         """The kernel form of one header condition, or None if only user space can check it."""
@@ -383,6 +392,7 @@ class Encoder:
         live_vh: set[Any] = set()
         live_w: set[Any] = set()
         self.rule_index = {}
+        self._hdr_used = set()
         for name in sorted(tables.route_tables):
             rt = tables.route_tables[name]
             rt_id = self.rt_ids.get(name)
@@ -446,6 +456,7 @@ class Encoder:
             self._put(desired, "sm_rtables_v1", rt_id, t)
         for hname, slot in self.hdr_slots.items():
             self._put(desired, "sm_hdrslots_v1", fnv1a64(hname.encode()), slot)
+        self.hdr_ids.keep_only(self._hdr_used)
         self.rt_ids.keep_only(set(tables.route_tables))
         self.vh_ids.keep_only(live_vh)
         self.rule_ranges.finish(live_vh)
