@@ -276,6 +276,10 @@ def corpus() -> list[XdsCase]:
             lambda rc: (rc.virtual_hosts[2].routes[3].match.ClearField("prefix"),  # type: ignore[attr-defined]
                         setattr(rc.virtual_hosts[2].routes[3].match.safe_regex,  # type: ignore[attr-defined]
                                 "regex", r"/(a)\1")))), ("regex",)),
+        XdsCase("rds_oversized_regex", "oversized", R, replace(R, ROUTE_NAME, _rc(
+            lambda rc: (rc.virtual_hosts[2].routes[3].match.ClearField("prefix"),  # type: ignore[attr-defined]
+                        setattr(rc.virtual_hosts[2].routes[3].match.safe_regex,  # type: ignore[attr-defined]
+                                "regex", "/(a{1000}){1000}")))), ("regex",)),
         XdsCase("rds_header_invalid_regex", "invalid regex", R,
                 replace(R, ROUTE_NAME, _header_regex("[")), ("regex",)),
         XdsCase("rds_query_invalid_regex", "invalid regex", R,
