@@ -79,8 +79,10 @@ class Backend:
 
     def _serve(self, conn: socket.socket) -> None:
         buf = bytearray()
-        conn.settimeout(self.idle_timeout)  # recv times out -> the finally closes (nginx-like)
         try:
+            # recv times out -> the finally closes (nginx-like); inside the try because
+            # close() or drop_connections() may have closed conn before this thread ran
+            conn.settimeout(self.idle_timeout)
             while not self._closed:
                 end = _read_until(conn, buf, b"\r\n\r\n")
                 head = bytes(buf[:end]).decode("latin-1")
