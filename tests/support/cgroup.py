@@ -64,6 +64,9 @@ def test_cgroup() -> Iterator[Path]:
                 time.sleep(0.02)
 
 
+test_cgroup.__test__ = False  # type: ignore[attr-defined]  # a fixture helper, not a test
+
+
 def pin_dir_for(cgroup: Path) -> Path:
     """The bpffs pin dir a test uses for the datapath attached to ``cgroup``."""
     return BPFFS / cgroup.name
