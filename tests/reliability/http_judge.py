@@ -82,7 +82,7 @@ def outcome(got: dict[str, Any], owed: int) -> str:
     """A short label of what happened (for the report)."""
     v = verdicts(got, owed)
     if got["end"] not in ("answered", "eof"):
-        return "hang"
+        return "no answer in 3 s" if not got["responses"] else "partial answer in 3 s"
     if all(routed(x) for x in v):
         return "routed"
     if not any(routed(x) for x in v):

@@ -89,9 +89,15 @@ def http_section(doc: dict[str, Any]) -> list[str]:
         out += ["", "Problems in this run:", ""] + [f"- {_md_escape(p)}" for p in problems[:40]]
     out += ["", ("Outcome words: *routed* = a backend of the expected cluster answered; "
             "*rejected N* = a local reply with status N and no backend reached; *closed* = "
-            "the connection was closed without a response; *hang* = neither within 3 s (for "
-            "a plain tunnel: the relayed peer is still waiting for bytes, as it would on a "
-            "direct connection).")]
+            "the connection was closed without a response; *no answer in 3 s* = the "
+            "connection stayed open without a response (only accepted for a plain tunnel: "
+            "the relayed peer, an HTTP backend, waits for the end of a request head that "
+            "never comes, as it would on a direct connection; the h2 preface row shows a "
+            "relayed peer answering). *400 and close* accepts any local 4xx/5xx reply (400, "
+            "404 when nothing routes, 431, 501) or a close, as long as no backend was "
+            "reached. The kernel counters say which hand-off reason moved (`not_http`, "
+            "`parse_limit`, `chunked_req`, `pipelined`, `no_route`) or `fast` for the "
+            "kernel path.")]
     return out
 
 
