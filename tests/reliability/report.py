@@ -182,10 +182,12 @@ def faults_section(f: dict[str, Any] | None, soak_ci: dict[str, Any] | None,
                        f"and the control plane removing the endpoint {b['between']} requests, "
                        f"{b['between_failed']} failed ({b.get('failures_between')}); after the "
                        f"removal {b['after']} requests, {b['after_failed']} failed. Requests "
-                       "picked for the dead endpoint before EDS removes it get a 503, as in "
-                       "Envoy without health checks, outlier detection or a retry policy "
-                       "(none of which the mesh config has); the application's connection "
-                       "stays usable.")
+                       "picked for the dead endpoint before EDS removes it get a 503 and the "
+                       "application's connection stays usable. sockmesh does no health checking "
+                       "or outlier detection of its own (the mesh config asks for none and has "
+                       "no retry policy; Envoy's behaviour in that case was not measured here), "
+                       "so the strict goal 'no failure after the kill' holds only from the "
+                       "EDS removal on.")
         k = f.get("keepalive_timeout")
         if k:
             out.append(f"- **Keep-alive timeout on the backend** (closes connections idle "
@@ -200,7 +202,8 @@ def faults_section(f: dict[str, Any] | None, soak_ci: dict[str, Any] | None,
     for label, s in (("Soak, CI (60 s)", soak_ci), ("Soak, scripts/soak.py", soak_long)):
         if s:
             out.append(f"- **{label}**: {s['seconds']} s of mixed traffic (all four "
-                       f"services, a header route, weighted and least-request clusters) with "
+                       f"services, a header route, random, least-request and, every fourth "
+                       f"push, weighted round-robin clusters) with "
                        f"{s['pushes']} configuration pushes ({s['applies']} applies): "
                        f"{s['requests']} requests, {s['failed']} failed; agent RSS "
                        f"{s['rss_kib_after_warmup'] // 1024} MiB after warm-up, max "
