@@ -95,6 +95,8 @@ class AgentProc:
     admin: int = field(default_factory=free_port)
     proc: subprocess.Popen[str] | None = None
     log: Path | None = None
+    # added to the agent's environment (Istio mode reads its identity from POD_* variables)
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self, *extra: str) -> None:
         self.log = Path(f"/tmp/sockmesh-agent-{os.getpid()}-{self.admin}.log")
@@ -104,7 +106,8 @@ class AgentProc:
                         "--pin-dir", str(self.pin_dir), "--metrics-addr",
                         f"127.0.0.1:{self.admin}", "--missing-after", "2",
                         "--backoff-max", "0.5", *extra],
-            cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True)
+            cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, **self.env})
         fh.close()
 
     def status(self) -> dict[str, Any]:

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from integration.validation import translator_validator
-from tests.support.istiod import NAMESPACE, Istiod, copy_config
+from tests.support.istiod import NAMESPACE, Istiod, copy_config, edit_yaml
 from translator import translate
 from translator.resources import ResourceSet
 from xds_client import (
@@ -92,15 +91,6 @@ def endpoints(client: XdsClient, cluster: str) -> set[str]:
     return {f"{e.endpoint.address.socket_address.address}:"
             f"{e.endpoint.address.socket_address.port_value}"
             for loc in cla.endpoints for e in loc.lb_endpoints}
-
-
-def edit_yaml(path: Path, edit: Any) -> None:
-    """Load every document of ``path``, let ``edit`` change the list, write it back."""
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    docs = edit(docs)
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    tmp.replace(path)  # istiod's file watcher sees one complete file
 
 
 async def synced(client: XdsClient) -> None:

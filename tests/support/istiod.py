@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Self
 
@@ -125,6 +125,15 @@ def mesh_config(access_log: Path | None = None, access_log_format: str | None = 
         if access_log_format is not None:
             mesh["accessLogFormat"] = access_log_format
     return mesh
+
+
+def edit_yaml(path: Path, edit: Callable[[list[Any]], list[Any]]) -> None:
+    """Load every document of ``path``, let ``edit`` change the list, write it back."""
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    docs = edit(docs)
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    tmp.replace(path)  # istiod's file watcher sees one complete file
 
 
 class IstiodError(RuntimeError):

@@ -10,6 +10,7 @@ maybe flags: those must exist too.
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import shlex
 from pathlib import Path
@@ -106,8 +107,26 @@ def test_the_page_runs_sockmesh_commands() -> None:
     assert {inv[0] for inv in invs} >= {"status", "explain", "tables"}, invs
 
 
+def readers_cgroups(argv: list[str], root: Path) -> None:
+    """Create, under ``root``, the relative ``--cgroup`` paths a documented command names.
+
+    `sockmesh run --cgroup` checks that the cgroup exists; the page's commands create
+    theirs in an earlier step on the reader's machine, not on the one running this test.
+    The parser still sees the value, relative to a cgroup v2 root (which is ``root`` here).
+    """
+    for flag, value in itertools.pairwise(argv):
+        if flag == "--cgroup" and not value.startswith("/"):
+            (root / value).mkdir(parents=True, exist_ok=True)
+            (root / value / "cgroup.procs").touch()
+
+
 @pytest.mark.parametrize("argv", doc_invocations(), ids=" ".join)
-def test_documented_command_parses(argv: list[str]) -> None:
+def test_documented_command_parses(argv: list[str], tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from integration.commands import run
+
+    monkeypatch.setattr(run, "CGROUP2_ROOT", tmp_path)
+    readers_cgroups(argv, tmp_path)
     parser = cli.build_parser()
     try:
         args = parser.parse_args(argv)
