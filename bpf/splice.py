@@ -412,7 +412,7 @@ class SpliceListener:
                 self.picker._rng.getrandbits(32))
         if d.status is not None or cluster_name is None:
             self._count(f"local_{d.status or 404}")
-            conn.sendall(local_reply(d.status or 404, d.location))
+            conn.sendall(local_reply(d.status or 404, d.location, d.body or ""))
             return
         cluster = self.tables.clusters.get(cluster_name)
         ep = self.picker.pick(cluster) if cluster is not None else None

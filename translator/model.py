@@ -121,6 +121,7 @@ class Decision:
     status: int | None
     location: str | None
     not_enforced: tuple[str, ...]
+    body: str | None = None  # direct_response body, for whoever writes the local reply
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict with exactly the documented keys."""
@@ -490,6 +491,7 @@ def decide(table: RouteTable, vh: VirtualHost | None, index: int | None, request
     candidates: tuple[WeightedCluster, ...] = ()
     status: int | None = None
     location: str | None = None
+    body: str | None = None
     if action.kind is ActionKind.CLUSTER:
         if action.cluster_header is not None:
             # Envoy uses the first value of the header; a missing header names no cluster
@@ -506,6 +508,7 @@ def decide(table: RouteTable, vh: VirtualHost | None, index: int | None, request
             status = action.cluster_not_found_status
     elif action.kind is ActionKind.DIRECT_RESPONSE:
         status = action.status
+        body = action.body
         if status is not None and (status == 201 or 300 <= status < 400):
             location = redirect_location(rule, request)
     elif action.kind is ActionKind.REDIRECT:
@@ -527,6 +530,7 @@ def decide(table: RouteTable, vh: VirtualHost | None, index: int | None, request
         status=status,
         location=location,
         not_enforced=_not_enforced(table, vh, rule),
+        body=None if is_grpc(request) else body,
     )
 
 

@@ -402,10 +402,6 @@ def test_yaml_change_reaches_the_kernel_datapath(mesh: Mesh) -> None:
     assert took < CHANGE_DEADLINE_S and back < CHANGE_DEADLINE_S
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the slow path answers a direct_response with an empty body: bpf/splice.py writes "
-    "local_reply(d.status, d.location) and translator.model's Decision carries no body "
-    "(Envoy sends the configured body)"))
 def test_direct_response_body_through_the_kernel(mesh: Mesh) -> None:
     requests = [GeneratedRequest("GET", "reviews.sockmesh.test", "/admin"),
                 GeneratedRequest("GET", "ratings.sockmesh.test", "/health")]
