@@ -129,6 +129,10 @@ class Datapath:
         finally:
             m.close()
 
+    def request_stats(self) -> list[dict[str, int]]:
+        """Completed kernel-path responses by rule, cluster, endpoint and status class."""
+        return request_stats(self.pin_dir)
+
     def dump(self) -> dict[str, Any]:
         """The pinned maps, rendered readably (services, route tables, clusters, pools...)."""
         return dump(self.pin_dir, self.encoder)
@@ -148,6 +152,24 @@ class Datapath:
         if self.loader is not None:
             self.loader.close(detach=detach)
             self.loader = None
+
+
+def request_stats(pin_dir: Path) -> list[dict[str, int]]:
+    """sm_reqstats_v1 summed over CPUs: one row per (rule_id, cluster_id, ep_id, resp_class)
+    with ``count``; ids are the encoder's (names: ``request_labels``)."""
+    m = PinnedMap(Path(pin_dir) / L.REQSTATS_MAP, L.ReqStatKey, C.c_uint64, percpu=True)
+    try:
+        out = []
+        for k in list(m.keys()):
+            vals = m.get(k)
+            if vals is None:
+                continue
+            out.append({"rule_id": int(k.rule_id), "cluster_id": int(k.cluster_id),
+                        "ep_id": int(k.ep_id), "resp_class": int(k.resp_class),
+                        "count": sum(int(v.value) for v in vals)})
+        return out
+    finally:
+        m.close()
 
 
 def _port(v: int) -> int:

@@ -97,6 +97,14 @@ class Config(C.Structure):
     _fields_ = [("splice_ip", u32), ("splice_port", u16), ("pad", u16), ("build", u64)]
 
 
+class SlotRoute(C.Structure):
+    _fields_ = [("rule_id", u32), ("cluster_id", u32)]
+
+
+class ReqStatKey(C.Structure):
+    _fields_ = [("rule_id", u32), ("cluster_id", u32), ("ep_id", u32), ("resp_class", u32)]
+
+
 # struct name in C -> ctypes class; test_layout checks every one of them
 STRUCTS: dict[str, type[C.Structure]] = {
     "sm_sock_key": SockKey, "sm_svc_key": SvcKey, "sm_service": Service,
@@ -104,11 +112,14 @@ STRUCTS: dict[str, type[C.Structure]] = {
     "sm_dom_key": DomKey, "sm_vhost": VHost, "sm_cond": Cond, "sm_rule": Rule,
     "sm_weighted": Weighted, "sm_cluster": Cluster, "sm_host": Host, "sm_endpoint": Endpoint,
     "sm_resp": Resp, "sm_slot": Slot, "sm_config": Config,
+    "sm_slot_route": SlotRoute, "sm_reqstat_key": ReqStatKey,
 }
 
 
 # per-connection state (sockops, sk_msg, the slow path): application socket -> Client
 CLIENTS_MAP = "sm_clients_v2"
+# completed responses per (rule, cluster, endpoint, status class), per CPU
+REQSTATS_MAP = "sm_reqstats_v1"
 
 # pinned hash maps user space reads besides the encoder's: name -> (key type, value type).
 # Import this instead of retyping map names (they carry a layout version).
@@ -119,4 +130,5 @@ PINNED_HASH_MAPS: dict[str, tuple[type, type]] = {
     CLIENTS_MAP: (SockKey, Client),
     "sm_origdst_v1": (C.c_uint64, OrigDst),
     "sm_poolports_v1": (SockKey, C.c_uint32),
+    REQSTATS_MAP: (ReqStatKey, C.c_uint64),
 }

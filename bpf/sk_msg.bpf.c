@@ -386,6 +386,11 @@ int sm_msg_dispatch(struct sk_msg_md *msg)
 	cl->last_rule = s->p.rule_id;
 	cl->last_cluster = cluster_id;
 	cl->requests += 1;
+	struct sm_slot_route *sr = sm_slotroute_v1.lookup(&sid);
+	if (sr) {
+		sr->rule_id = s->p.rule_id;
+		sr->cluster_id = cluster_id;
+	}
 	if (sm_poolsocks_v1.msg_redirect_hash(msg, &sid, 0) != SK_PASS) {
 		/* the pooled socket vanished: retire the slot, let user space answer */
 		if (active)

@@ -25,6 +25,27 @@ static __always_inline void sm_slot_release(struct sm_slot *sl, __u64 state)
 	sl->state = state;
 }
 
+/* counts a completed response by route, cluster, endpoint and status class */
+static __always_inline void sm_count_request(struct __sk_buff *skb, struct sm_slot *sl)
+{
+	struct sm_sock_key pk = {.ip4 = skb->local_ip4, .port = skb->local_port};
+	__u32 *sidp = sm_poolports_v1.lookup(&pk);
+	if (!sidp)
+		return;
+	__u32 sid = *sidp;
+	struct sm_slot_route *sr = sm_slotroute_v1.lookup(&sid);
+	if (!sr)
+		return;
+	struct sm_reqstat_key k = {.rule_id = sr->rule_id, .cluster_id = sr->cluster_id,
+				   .ep_id = sl->ep_id};
+	__u32 cls = sl->resp.status / 100;
+	k.resp_class = (cls >= 1 && cls <= 5) ? cls : 0;
+	__u64 zero = 0;
+	__u64 *n = sm_reqstats_v1.lookup_or_try_init(&k, &zero);
+	if (n)
+		__sync_fetch_and_add(n, 1); /* sk_skb also runs from release_sock, interruptible */
+}
+
 static __always_inline struct sm_slot *sm_skb_slot(struct __sk_buff *skb)
 {
 	struct sm_sock_key pk = {.ip4 = skb->local_ip4, .port = skb->local_port};
@@ -114,6 +135,8 @@ int sm_skb_frame(struct __sk_buff *skb)
 			sm_slot_release(sl, SM_SLOT_DEAD);
 			sm_count(SM_R_RESP_LOST);
 		} else {
+			/* counted before the release: a new dispatch may reuse the slot at once */
+			sm_count_request(skb, sl);
 			/* "connection: close": the backend is about to close it, do not reuse it */
 			sm_slot_release(sl, (r->flags & SM_RF_CLOSE) ? SM_SLOT_DEAD : SM_SLOT_IDLE);
 			sm_count(SM_R_RESP_DONE);

@@ -459,6 +459,27 @@ BPF_TABLE_PINNED("percpu_array", __u32, struct sm_win, sm_skbwin_v1, 1, SM_PIN(s
 /* 0 -> scratch for the request being parsed.  Writer: sk_msg (process context only). */
 BPF_TABLE_PINNED("percpu_array", __u32, struct sm_scratch, sm_scratch_v1, 1, SM_PIN(sm_scratch_v1));
 
+/* Per-route request counts.  sk_msg records the rule and cluster of each dispatch beside the
+ * slot (a map of its own, so struct sm_slot and sm_slots_v1 keep their layout); sk_skb counts
+ * the request when its response is complete, by the response's status class. */
+#define SM_MAX_REQSTATS 65536        /* (rule, cluster, endpoint, class) combinations counted */
+struct sm_slot_route {
+	__u32 rule_id;      /* global rule id (index in sm_rules_v1 + 1); 0 = none */
+	__u32 cluster_id;
+};
+struct sm_reqstat_key {
+	__u32 rule_id;      /* global rule id; the agent maps it to route config/vhost/route */
+	__u32 cluster_id;
+	__u32 ep_id;
+	__u32 resp_class;   /* response status / 100 (1..5); 0 = outside 100..599 */
+};
+/* slot id -> route of the request it carries.  Writer: sk_msg (dispatch).  Reader: sk_skb. */
+BPF_TABLE_PINNED("array", __u32, struct sm_slot_route, sm_slotroute_v1, SM_MAX_SLOTS,
+		 SM_PIN(sm_slotroute_v1));
+/* (rule, cluster, endpoint, status class) -> completed responses (per CPU).  Writer: sk_skb. */
+BPF_TABLE_PINNED("percpu_hash", struct sm_reqstat_key, __u64, sm_reqstats_v1, SM_MAX_REQSTATS,
+		 SM_PIN(sm_reqstats_v1));
+
 static __always_inline void sm_count(__u32 reason)
 {
 	__u64 *c = sm_counters_v1.lookup(&reason);

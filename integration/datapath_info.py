@@ -72,12 +72,29 @@ def map_fill(pin_dir: Path, encoder: Any = None) -> dict[str, tuple[int, int]]:
 def names(encoder: Any) -> dict[str, dict[str, Any]]:
     """Id -> name tables of the encoder (clusters, route tables, endpoints), JSON keys."""
     if encoder is None:
-        return {"clusters": {}, "route_tables": {}, "endpoints": {}}
+        return {"clusters": {}, "route_tables": {}, "endpoints": {}, "rules": {}}
     return {
         "clusters": {str(i): n for n, i in encoder.cluster_ids.ids.items()},
         "route_tables": {str(i): n for n, i in encoder.rt_ids.ids.items()},
         "endpoints": {str(i): list(a) for i, a in encoder.endpoints().items()},
+        "rules": rule_names(encoder),
     }
+
+
+def rule_names(encoder: Any) -> dict[str, list[str]]:
+    """Global rule id -> [route config, virtual host, route]; an unnamed route is shown as
+    ``#N``, N its index in Envoy's order within the virtual host."""
+    out: dict[str, list[str]] = {}
+    tables = getattr(encoder, "tables", None)
+    for rid, (rt_name, vh_name, i) in getattr(encoder, "rule_index", {}).items():
+        route = f"#{i}"
+        rt = tables.route_tables.get(rt_name) if tables is not None else None
+        vh = next((v for v in rt.virtual_hosts if v.name == vh_name), None) if rt else None
+        if vh is not None and i < len(vh.rules):
+            rule = vh.rules[i]
+            route = rule.name or f"#{rule.envoy_index}"
+        out[str(rid)] = [rt_name, vh_name, route]
+    return out
 
 
 class NamesShim:
@@ -126,6 +143,30 @@ def names_of(datapath: Any) -> dict[str, dict[str, Any]]:
     """Id -> name tables of whichever datapath the agent runs."""
     fn = getattr(datapath, "names", None)
     return fn() if callable(fn) else names(getattr(datapath, "encoder", None))  # type: ignore[no-any-return]
+
+
+REQUEST_LABELS = ("route_config", "virtual_host", "route", "cluster", "endpoint",
+                  "response_class")
+
+
+def request_stats_of(datapath: Any) -> dict[tuple[str, ...], int]:
+    """Kernel-path responses by REQUEST_LABELS, from the pinned sm_reqstats_v1 with the
+    encoder's names (ids whose names are gone are shown as ``rule7``, ``cluster3``...)."""
+    from bpf.datapath import request_stats
+
+    rows = request_stats(datapath.pin_dir)
+    ids = names_of(datapath) if rows else {}
+    rules, clusters = ids.get("rules", {}), ids.get("clusters", {})
+    eps = ids.get("endpoints", {})
+    totals: dict[tuple[str, ...], int] = {}
+    for r in rows:
+        rc, vh, route = rules.get(str(r["rule_id"]), ["", "", f"rule{r['rule_id']}"])
+        addr = eps.get(str(r["ep_id"]))
+        labels = (rc, vh, route, clusters.get(str(r["cluster_id"]), f"cluster{r['cluster_id']}"),
+                  f"{addr[0]}:{addr[1]}" if addr else f"endpoint{r['ep_id']}",
+                  f"{r['resp_class']}xx" if r["resp_class"] else "other")
+        totals[labels] = totals.get(labels, 0) + r["count"]
+    return totals
 
 
 def fill_of(datapath: Any) -> dict[str, tuple[int, int]]:

@@ -123,6 +123,9 @@ class AgentCollector(Collector):
         endpoints = _safe(lambda: info.endpoints_of(dp), "endpoint stats")
         if endpoints:
             yield from self._endpoints(endpoints)
+        reqs = _safe(lambda: info.request_stats_of(dp), "request stats")
+        if isinstance(reqs, Mapping):
+            yield self._requests(reqs)
         fill = _safe(lambda: info.fill_of(dp), "map fill")
         if isinstance(fill, Mapping):
             entries = GaugeMetricFamily("sockmesh_map_entries", "entries in a kernel map",
@@ -155,6 +158,17 @@ class AgentCollector(Collector):
                 events.add_metric([name], value)
         yield slow
         yield events
+
+    def _requests(self, totals: Mapping[tuple[str, ...], int]) -> Metric:
+        from integration.datapath_info import REQUEST_LABELS
+
+        fam = CounterMetricFamily(
+            "sockmesh_requests",
+            "requests routed in the kernel whose response completed, by route, cluster, "
+            "endpoint and response status class", labels=list(REQUEST_LABELS))
+        for labels, n in sorted(totals.items()):
+            fam.add_metric(list(labels), n)
+        return fam
 
     def _keeper(self, stats: Mapping[str, Any]) -> Iterator[Metric]:
         outcomes = CounterMetricFamily(
