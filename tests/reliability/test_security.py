@@ -32,7 +32,6 @@ from tests.reliability.harness import GOOD, PORT, VIP, LiveMesh, live_mesh
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("xds_client", "translator", "bpf", "integration")
-CGROUP2_ROOT = Path("/sys/fs/cgroup/unified")
 
 
 def shell_calls(tree: ast.AST) -> list[str]:
@@ -130,7 +129,9 @@ def test_agent_sockets_are_never_intercepted(lm: LiveMesh) -> None:
         if pid:
             assert str(pid) not in members, f"agent process {pid} is in the mesh cgroup"
     ours = set(st["programs"].values())
-    out = subprocess.run(["bpftool", "-j", "cgroup", "show", str(CGROUP2_ROOT)],
+    from bpf.cgroup2 import cgroup2_root
+
+    out = subprocess.run(["bpftool", "-j", "cgroup", "show", str(cgroup2_root())],
                          capture_output=True, text=True, check=True).stdout
     on_root = {p["id"] for p in json.loads(out.strip() or "[]")}
     assert not ours & on_root, "a sockmesh program is attached to the cgroup v2 root"
