@@ -18,7 +18,8 @@ import pytest
 
 from integration.xds_server import AckEvent, AdsServer, pack
 from tests.support.backends import Backend
-from tests.support.envoy import EnvoyProcess, ads_bootstrap, poll_until
+from tests.support.envoy import EnvoyProcess, ads_bootstrap
+from tests.support.process import poll_until
 from translator.resources import (
     CLUSTER,
     CLUSTER_LOAD_ASSIGNMENT,

@@ -28,6 +28,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Self
 
+from tests.support.process import stop_process
+
 LOOPBACK = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -154,13 +156,7 @@ class BackendProcess:
 
     def stop(self) -> None:
         """Terminate the process by PID and reap it."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc, timeout=5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 

@@ -16,43 +16,20 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 from tests.support.capabilities import envoy_binary
+from tests.support.process import PeerProcess, http_get, poll_until
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 30.0
-POLL_S = 0.05
-
-T = TypeVar("T")
 
 
 class EnvoyError(RuntimeError):
     """Envoy did not start or died; the message carries the tail of its log."""
-
-
-def poll_until(condition: Callable[[], T | None], timeout: float, what: str,
-               interval: float = POLL_S) -> T:
-    """Call ``condition`` until it returns a truthy value or ``timeout`` s pass."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while True:
-        try:
-            value = condition()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - reported if the deadline passes
-            last_exc = exc
-        if time.monotonic() >= deadline:
-            suffix = f" (last error: {last_exc})" if last_exc else ""
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}{suffix}")
-        time.sleep(interval)
 
 
 def ads_bootstrap(node_id: str, xds_port: int, *, delta: bool = False,
@@ -100,8 +77,11 @@ def ads_bootstrap(node_id: str, xds_port: int, *, delta: bool = False,
     }
 
 
-class EnvoyProcess:
+class EnvoyProcess(PeerProcess):
     """One Envoy process with a bootstrap, an admin port on loopback and a log file."""
+
+    label = "envoy"
+    error = EnvoyError
 
     def __init__(self, bootstrap: Mapping[str, Any], workdir: Path, *,
                  binary: Path | None = None, log_level: str = "warn",
@@ -139,45 +119,16 @@ class EnvoyProcess:
                "--log-path", str(self.log_path), *self.extra_args]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        try:
-            self._admin = poll_until(self._read_admin_address, self.start_timeout,
-                                     "Envoy admin address")
-            if self.wait_ready_on_start:
-                self.wait_ready(self.start_timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        return self.started(self._wait_started)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Terminate Envoy by PID (kill after ``timeout`` s) and reap it."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def pid(self) -> int | None:
-        """Envoy's process id while it runs."""
-        return self.proc.pid if self.proc is not None else None
-
-    def _check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise EnvoyError(f"envoy exited with code {self.proc.returncode}:\n{self.log_tail()}")
+    def _wait_started(self) -> None:
+        self._admin = poll_until(self._read_admin_address, self.start_timeout,
+                                 "Envoy admin address")
+        if self.wait_ready_on_start:
+            self.wait_ready(self.start_timeout)
 
     def _read_admin_address(self) -> str | None:
-        self._check_alive()
+        self.check_alive()
         try:
             text = self.admin_path.read_text().strip()
         except FileNotFoundError:
@@ -195,13 +146,8 @@ class EnvoyProcess:
 
     def admin_get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
         """GET an admin path; returns (status, body)."""
-        self._check_alive()
-        url = f"http://{self.admin_address}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
+        self.check_alive()
+        return http_get(f"http://{self.admin_address}{path}", timeout)
 
     def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
         """Wait until the admin /ready endpoint answers 200 (initialization done)."""

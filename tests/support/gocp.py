@@ -31,6 +31,7 @@ from typing import Any, Self
 
 from integration.xds_server import load_config
 from tests.support.capabilities import ROOT
+from tests.support.process import PeerProcess
 from translator.resources import ResourceSet
 
 PEER_DIR = ROOT / "tests" / "peers" / "gocp"
@@ -93,8 +94,11 @@ class GocpError(RuntimeError):
     """The server did not start or died; the message carries the tail of its log."""
 
 
-class GocpServer:
+class GocpServer(PeerProcess):
     """One gocp-server process serving ``snapshot`` on a loopback port."""
+
+    label = "gocp-server"
+    error = GocpError
 
     def __init__(self, snapshot: Path, workdir: Path, *, port: int = 0,
                  poll: str = "100ms", binary: Path | None = None,
@@ -122,25 +126,11 @@ class GocpServer:
                 [str(self.binary), "--listen", f"127.0.0.1:{self.port}",
                  "--snapshot", str(self.snapshot), "--poll", self.poll, *self.extra_args],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-        try:
-            ev = self.wait_event(lambda e: e["event"] == "listening", START_TIMEOUT_S)
-        except BaseException:
-            self.stop()
-            raise
-        self.port = int(ev["address"].rsplit(":", 1)[1])
-        return self
+        return self.started(self._wait_listening)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM by PID (SIGKILL after ``timeout`` s) and reap."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
+    def _wait_listening(self) -> None:
+        ev = self.wait_event(lambda e: e["event"] == "listening", START_TIMEOUT_S)
+        self.port = int(ev["address"].rsplit(":", 1)[1])
 
     def restart(self) -> None:
         """Stop and start again on the same port (clients reconnect to the same address)."""
@@ -152,12 +142,6 @@ class GocpServer:
         if self.proc is None or self.proc.poll() is not None:
             raise GocpError(f"gocp-server not running\n{self.log_tail()}")
         self.proc.send_signal(signal.SIGHUP)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def address(self) -> str:
@@ -188,9 +172,7 @@ class GocpServer:
             for ev in self.events():
                 if predicate(ev):
                     return ev
-            if self.proc is not None and self.proc.poll() is not None:
-                raise GocpError(f"gocp-server exited with {self.proc.returncode}\n"
-                                f"{self.log_tail()}")
+            self.check_alive()
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"no matching gocp-server event within {timeout} s\n"
                                    f"{self.log_tail()}")

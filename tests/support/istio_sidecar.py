@@ -41,8 +41,9 @@ from google.protobuf import json_format
 
 from tests.diff.envoy_oracle import ACCESS_LOG_FORMAT, REQ_ID_HEADER, KeepAliveClient
 from tests.support.capabilities import ROOT, envoy_binary
-from tests.support.envoy import EnvoyProcess, ads_bootstrap, poll_until
+from tests.support.envoy import EnvoyProcess, ads_bootstrap
 from tests.support.istiod import ISTIO_ENVOY_VERSION, NAMESPACE, Istiod, istio_envoy_binary
+from tests.support.process import poll_until
 from tests.support.routegen import GeneratedRequest
 from xds_client import istio_node
 

@@ -37,6 +37,7 @@ import yaml
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from tests.support.capabilities import ROOT
+from tests.support.process import PeerProcess, http_get
 from xds_client import CLUSTER as CDS_TYPE
 from xds_client import istio_node
 
@@ -140,8 +141,11 @@ class IstiodError(RuntimeError):
     """istiod did not start or died; the message carries the tail of its log."""
 
 
-class Istiod:
+class Istiod(PeerProcess):
     """One standalone pilot-discovery process on loopback ports."""
+
+    label = "pilot-discovery"
+    error = IstiodError
 
     def __init__(self, config_dir: Path, workdir: Path, *,
                  mesh: dict[str, Any] | None = None, binary: Path | None = None,
@@ -262,7 +266,7 @@ class Istiod:
         WorkloadEntries also as endpoints in /debug/endpointShardz."""
         deadline = time.monotonic() + self.start_timeout
         while True:
-            self._check_alive()
+            self.check_alive()
             missing = set(names)
             status, configz = self.http_get("/debug/configz")
             if status == 200:
@@ -283,31 +287,12 @@ class Istiod:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM by PID (SIGKILL after ``timeout`` s) and reap."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
+        super().stop(timeout)
 
     def restart(self) -> None:
         """Stop and start again on the same ports."""
         self.stop()
         self.start()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def pid(self) -> int | None:
-        """The process id while it runs."""
-        return self.proc.pid if self.proc is not None else None
 
     @property
     def xds_address(self) -> str:
@@ -316,20 +301,10 @@ class Istiod:
 
     # -- HTTP ---------------------------------------------------------------------------
 
-    def _check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise IstiodError(f"pilot-discovery exited with {self.proc.returncode}:\n"
-                              f"{self.log_tail()}")
-
     def http_get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
         """GET ``path`` on the HTTP port; returns (status, body)."""
-        self._check_alive()
-        url = f"http://{LOOPBACK}:{self.http_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                return resp.status, resp.read().decode(errors="replace")
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode(errors="replace")
+        self.check_alive()
+        return http_get(f"http://{LOOPBACK}:{self.http_port}{path}", timeout, errors="replace")
 
     def wait_ready(self, timeout: float) -> None:
         """Wait until istiod serves xDS, or fail after ``timeout`` s (at once if it died).
@@ -344,7 +319,7 @@ class Istiod:
         deadline = time.monotonic() + timeout
         last = "no answer"
         while True:
-            self._check_alive()
+            self.check_alive()
             try:
                 status, body = self.http_get("/ready", timeout=2.0)
                 if status == 200:

@@ -1,0 +1,112 @@
+"""Test peers run as child processes: started by path, awaited with a deadline, stopped by PID.
+
+    class MyPeer(PeerProcess):
+        label = "my-peer"                 # names the process in errors
+        error = MyPeerError               # raised when it died
+        def start(self): self.proc = subprocess.Popen(...); return self.started(self.wait)
+        def log_tail(self, lines=40): ...
+
+:class:`PeerProcess` carries what Envoy, istiod and the go-control-plane server share:
+the ``proc`` handle, stop by PID (SIGTERM, SIGKILL after a timeout, reap), the context
+manager, the alive check with the log tail in its message.  :func:`poll_until` is the
+deadline loop every wait uses; :func:`http_get` the GET of an admin or debug endpoint.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any, ClassVar, Self, TypeVar
+
+POLL_S = 0.05
+STOP_TIMEOUT_S = 5.0
+
+T = TypeVar("T")
+
+
+def poll_until(condition: Callable[[], T | None], timeout: float, what: str,
+               interval: float = POLL_S) -> T:
+    """Call ``condition`` until it returns a truthy value or ``timeout`` s pass."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - reported if the deadline passes
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            suffix = f" (last error: {last_exc})" if last_exc else ""
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}{suffix}")
+        time.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM ``proc`` by PID (SIGKILL after ``timeout`` s) and reap it; None is a no-op."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
+def http_get(url: str, timeout: float, errors: str = "strict") -> tuple[int, str]:
+    """GET ``url``; returns (status, body), an HTTP error status included."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode(errors=errors)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors=errors)
+
+
+class PeerProcess:
+    """Base of one test peer process; subclasses set ``proc`` in :meth:`start`."""
+
+    label: ClassVar[str] = "process"
+    error: ClassVar[type[RuntimeError]] = RuntimeError
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Self:
+        """Start the process and wait until it is ready."""
+        raise NotImplementedError
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the process's log."""
+        raise NotImplementedError
+
+    def started(self, wait: Callable[[], object]) -> Self:
+        """Run ``wait`` on the process just started; stop the process if it fails."""
+        try:
+            wait()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM by PID (SIGKILL after ``timeout`` s) and reap."""
+        stop_process(self.proc, timeout)
+
+    def check_alive(self) -> None:
+        """Raise ``error`` with the log tail if the process has exited."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise self.error(f"{self.label} exited with code {self.proc.returncode}:\n"
+                             f"{self.log_tail()}")
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while it runs."""
+        return self.proc.pid if self.proc is not None else None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
