@@ -116,7 +116,7 @@ class AgentProc:
     def metrics(self) -> str:
         return http_get(self.admin, "/metrics")
 
-    def wait_applied(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 20.0
+    def wait_applied(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 90.0
                      ) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             if self.proc is not None and self.proc.poll() is not None:
