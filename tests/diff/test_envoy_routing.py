@@ -52,8 +52,8 @@ from tests.support.routegen import (
     boundary_requests,
     config_dump,
     generate,
-    istio_testdata,
 )
+from tests.support.testdata import istio_testdata, require_istio_testdata
 
 pytestmark = pytest.mark.envoy
 
@@ -398,13 +398,6 @@ def test_generated_requests_cover_every_action(run: Run) -> None:
     print(f"\nactions: {dict(seen)}")
     for action in ("cluster", "weighted_clusters", "direct_response", "redirect", "no_route"):
         assert seen[action] >= 10, (action, seen)
-
-
-def require_istio_testdata() -> None:
-    if ISTIO_DIR is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true and shared/testdata/istio is missing")
-        pytest.skip("shared/testdata/istio not found next to the repository")
 
 
 def test_istio_dumps_agree_with_envoy(run: Run) -> None:

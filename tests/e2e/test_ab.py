@@ -25,7 +25,7 @@ import pytest
 
 from integration import ab
 from integration.preflight import BPFFS, CGROUP2_ROOT
-from tests.support.routegen import istio_testdata
+from tests.support.testdata import istio_testdata
 from translator.resources import parse_config_dump
 from translator.tables import Tables
 

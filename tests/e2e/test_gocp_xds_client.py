@@ -28,6 +28,7 @@ from integration.xds_server import AdsServer, load_config
 from tests.e2e.test_xds_client import cla, config
 from tests.support.capabilities import ROOT
 from tests.support.gocp import GocpServer, write_snapshot
+from tests.support.testdata import BOOKINFO_DUMP, istio_dump
 from translator.resources import ResourceSet
 from xds_client import (
     CLUSTER,
@@ -49,7 +50,6 @@ NACK_WINDOW = 3.0
 DNE_TIMEOUT = 0.5
 VARIANTS = pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 ALL_TYPES = (LISTENER, ROUTE_CONFIGURATION, CLUSTER, CLUSTER_LOAD_ASSIGNMENT)
-ISTIO_DUMP = ROOT.parent / "shared" / "testdata" / "istio" / "istio_bookinfo_gateway_rds_cds.json"
 Event = dict[str, Any]
 
 
@@ -316,8 +316,9 @@ async def test_same_snapshot_as_embedded_server(tmp_path: Path, delta: bool) -> 
     """A real Istio dump served by go-control-plane and by the embedded server: xds-dump
     prints the same resources from both."""
     snap = tmp_path / "istio.json"
-    write_snapshot(ISTIO_DUMP, snap)
-    embedded = AdsServer(load_config(ISTIO_DUMP))
+    dump = istio_dump(BOOKINFO_DUMP)
+    write_snapshot(dump, snap)
+    embedded = AdsServer(load_config(dump))
     port = await embedded.start("127.0.0.1", 0)
     try:
         with GocpServer(snap, tmp_path / "gocp") as srv:
@@ -327,7 +328,7 @@ async def test_same_snapshot_as_embedded_server(tmp_path: Path, delta: bool) -> 
     finally:
         await embedded.stop()
     assert resources_of(from_gocp) == resources_of(from_embedded)
-    assert len(resources_of(from_gocp)) == len(load_config(ISTIO_DUMP))
+    assert len(resources_of(from_gocp)) == len(load_config(dump))
 
 
 def test_refuses_non_loopback(snap_file: Path, tmp_path: Path) -> None:

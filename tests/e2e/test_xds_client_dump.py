@@ -14,10 +14,10 @@ import pytest
 
 from integration.commands import xds_dump
 from integration.xds_server import AdsServer
+from tests.support.testdata import istio_dumps
 from translator.resources import ResourceSet, parse_config_dump
 
-ISTIO = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "istio"
-ISTIO_FILES = sorted(ISTIO.glob("*.json"))
+ISTIO_FILES = istio_dumps()
 VARIANTS = pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 
 

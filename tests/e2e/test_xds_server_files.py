@@ -23,6 +23,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 
 from integration.xds_server import AdsServer, load_config
+from tests.support.testdata import BOOKINFO_DUMP, istio_dump, istio_dumps
 from translator.resources import (
     CLUSTER,
     CLUSTER_LOAD_ASSIGNMENT,
@@ -35,8 +36,7 @@ from translator.resources import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-ISTIO = ROOT.parent / "shared" / "testdata" / "istio"
-ISTIO_DUMPS = sorted(ISTIO.glob("*.json")) if ISTIO.is_dir() else []
+ISTIO_DUMPS = istio_dumps()
 ALL_TYPES = (CLUSTER, CLUSTER_LOAD_ASSIGNMENT, LISTENER, ROUTE_CONFIGURATION)
 WAIT_S = 20.0
 
@@ -275,7 +275,7 @@ async def test_cli_reloads_and_keeps_last_good_on_broken_file(tmp_path: Path) ->
 async def test_cli_serves_istio_dump_file() -> None:
     if not ISTIO_DUMPS:
         pytest.skip("no Istio sample dumps")
-    dump = ISTIO / "istio_bookinfo_gateway_rds_cds.json"
+    dump = istio_dump(BOOKINFO_DUMP)
     server = await CliServer.start(dump)
     sub = RawSubscriber(server.port, delta=False)
     try:
@@ -334,7 +334,7 @@ async def test_cli_server_to_cli_dump_round_trip(delta: bool) -> None:
     """`sockmesh xds-server` serving an Istio dump, read back by `sockmesh xds-dump`."""
     if not ISTIO_DUMPS:
         pytest.skip("no Istio sample dumps")
-    dump = ISTIO / "istio_bookinfo_gateway_rds_cds.json"
+    dump = istio_dump(BOOKINFO_DUMP)
     server = await CliServer.start(dump)
     try:
         rc, out, err = await run_cli_raw(

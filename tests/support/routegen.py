@@ -16,10 +16,8 @@ them.  Everything the generator emits must be accepted by Envoy; a rejection is 
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 SERVICES = ("reviews", "ratings", "details", "productpage", "httpbin", "catalog")
@@ -688,18 +686,3 @@ def boundary_requests(route_config: dict[str, Any]) -> list[GeneratedRequest]:
     for host in UNKNOWN_HOSTS:
         out.append(GeneratedRequest("GET", host, "/", {}, "unknown host"))
     return out
-
-
-def istio_testdata() -> Path | None:
-    """The real Istio dumps (``shared/testdata/istio`` next to the repository), if present.
-
-    ``SOCKMESH_ISTIO_TESTDATA`` overrides the search.
-    """
-    env = os.environ.get("SOCKMESH_ISTIO_TESTDATA")
-    if env:
-        return Path(env) if Path(env).is_dir() else None
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "shared" / "testdata" / "istio"
-        if candidate.is_dir():
-            return candidate
-    return None

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from integration.cli import main
-from tests.support.routegen import config_dump, generate, istio_testdata
+from tests.support.cli import run_cli
+from tests.support.routegen import config_dump, generate
+from tests.support.testdata import BOOKINFO_DUMP, PATH_SEPARATED_PREFIX_DUMP, istio_dump
 
 DECISION_KEYS = {"route_config", "virtual_host", "route", "envoy_index", "rule", "action",
                  "cluster", "candidates", "status", "location", "not_enforced"}
@@ -23,27 +23,12 @@ HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connectio
             "HttpConnectionManager")
 
 
-def _istio_dir() -> Path:
-    found = istio_testdata()
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true and shared/testdata/istio is missing")
-        pytest.skip("shared/testdata/istio not found next to the repository")
-    return found
-
-
 def psp_dump() -> Path:
-    return _istio_dir() / "istio_k8s_gateway_path_separated_prefix_rds.json"
+    return istio_dump(PATH_SEPARATED_PREFIX_DUMP)
 
 
 def bookinfo_dump() -> Path:
-    return _istio_dir() / "istio_bookinfo_gateway_rds_cds.json"
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return istio_dump(BOOKINFO_DUMP)
 
 
 def write(tmp_path: Path, name: str, obj: Any) -> Path:

@@ -7,30 +7,18 @@ testdata/istio/SOURCE.md for what each dump holds.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
+from tests.support.testdata import istio_dump
 from translator import translate
 from translator.model import Request, route
 from translator.resources import parse_config_dump
 from translator.tables import ActionKind, LbPolicy, Tables
 
 
-def _testdata() -> Path:
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "shared" / "testdata" / "istio"
-        if candidate.is_dir():
-            return candidate
-    if os.environ.get("CI") == "true":
-        pytest.fail("CI=true and shared/testdata/istio is missing")
-    pytest.skip("shared/testdata/istio not found next to the repository")
-    raise AssertionError  # unreachable
-
-
 def load(name: str) -> Tables:
-    with open(_testdata() / name) as f:
+    with open(istio_dump(name)) as f:
         return translate(parse_config_dump(json.load(f)))
 
 
