@@ -11,13 +11,12 @@ import contextlib
 import itertools
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from bpf.cgroup2 import cgroup2_root
+from integration.cgroups import spawn_in
 
 CGROUP2_ROOT = cgroup2_root()  # hybrid: /sys/fs/cgroup/unified; pure v2: /sys/fs/cgroup
 BPFFS = Path("/sys/fs/bpf")
@@ -72,25 +71,5 @@ def pin_dir_for(cgroup: Path) -> Path:
     return BPFFS / cgroup.name
 
 
-def spawn_in_cgroup(argv: list[str], cgroup: Path, **kw: object) -> subprocess.Popen[bytes]:
-    """Start argv blocked on a pipe, move its PID into cgroup, then release it.
-
-    The child runs ``argv`` only after reading one byte from a pipe, so nothing it does
-    (connect() in particular) happens before it is in the cgroup.
-    """
-    r, w = os.pipe()
-    script = ("import os,sys; fd=int(sys.argv[1]); os.read(fd,1); os.close(fd); "
-              "os.execvp(sys.argv[2], sys.argv[2:])")
-    gate = [sys.executable, "-c", script, str(r)]
-    proc = subprocess.Popen(gate + argv, pass_fds=(r,), **kw)  # type: ignore[call-overload]
-    os.close(r)
-    try:
-        (cgroup / "cgroup.procs").write_text(str(proc.pid))
-        os.write(w, b"x")
-    except BaseException:
-        proc.kill()
-        proc.wait(5)
-        raise
-    finally:
-        os.close(w)
-    return proc
+# Start argv with its PID already in a cgroup: the product's gate, under the name the tests use.
+spawn_in_cgroup = spawn_in
