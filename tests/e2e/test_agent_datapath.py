@@ -290,6 +290,13 @@ async def test_status_dump_metrics_match_what_was_sent(live: Live) -> None:
     assert _metric(text, "sockmesh_requests_fast_path_total") == c["fast"]
     for reason in SLOW_PATH_REASONS & set(c):
         assert _metric(text, "sockmesh_requests_slow_path_total", reason=reason) == c[reason]
+    # per route: every kernel-routed request once, under the route config it was routed by
+    samples = re.finditer(r"^sockmesh_requests_total\{(.*)\} (\S+)$", text, re.MULTILINE)
+    per_route = [(dict(kv.split("=", 1) for kv in m.group(1).split(",")), float(m.group(2)))
+                 for m in samples]
+    assert sum(n for _, n in per_route) == c["fast"]
+    assert {lb["route_config"] for lb, _ in per_route} == {f'"{mesh.ROUTE_CONFIG}"'}
+    assert {lb["response_class"] for lb, _ in per_route} == {'"2xx"'}
     assert _metric(text, "sockmesh_datapath_loaded") == 1
     assert _metric(text, "sockmesh_pool_grown_connections_total") >= 0  # the keeper answered
     assert _metric(text, "sockmesh_xds_resources", type="CDS") == len(mesh.CLUSTERS)
