@@ -29,6 +29,7 @@ from tests.e2e.test_xds_client import cla, config
 from tests.support.capabilities import ROOT
 from tests.support.gocp import GocpServer, write_snapshot
 from tests.support.testdata import BOOKINFO_DUMP, istio_dump
+from tests.support.xds_watch import watch_all
 from translator.resources import ResourceSet
 from xds_client import (
     CLUSTER,
@@ -73,10 +74,7 @@ def new_client(address: str, delta: bool, events: list[WatchEvent] | None = None
     client = XdsClient(address, make_node("gocp-e2e-node", "e2e"), delta=delta,
                        does_not_exist_timeout=DNE_TIMEOUT, backoff_initial=0.05,
                        backoff_max=0.5, validator=translator_validator)
-    sink: list[WatchEvent] = [] if events is None else events
-    for t in (LISTENER, CLUSTER):
-        client.watch(t, None, sink.append)
-    return client
+    return watch_all(client, events)
 
 
 async def wait_event(srv: GocpServer, predicate: Callable[[Event], bool],

@@ -25,6 +25,7 @@ import pytest
 
 from integration.validation import translator_validator
 from tests.support.istiod import NAMESPACE, Istiod, copy_config, edit_yaml
+from tests.support.xds_watch import watch_all
 from translator import translate
 from translator.resources import ResourceSet
 from xds_client import (
@@ -68,10 +69,7 @@ def new_client(istiod: Istiod, delta: bool, events: list[WatchEvent] | None = No
     node = istio_node(CLIENT_IP, "client-0", NAMESPACE, labels={"app": "client"})
     client = XdsClient(istiod.xds_address, node, delta=delta, validator=translator_validator,
                        does_not_exist_timeout=5.0, backoff_initial=0.1, backoff_max=1.0)
-    sink: list[WatchEvent] = [] if events is None else events
-    for t in (LISTENER, CLUSTER):
-        client.watch(t, None, sink.append)
-    return client
+    return watch_all(client, events)
 
 
 def vhost(client: XdsClient, host: str) -> Any:

@@ -23,6 +23,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from integration.xds_server import AckEvent, AdsServer
+from tests.support.xds_watch import watch_all
 from translator.resources import ResourceSet
 from xds_client import (
     CLUSTER,
@@ -126,10 +127,7 @@ def new_client(port: int, delta: bool, **kw: object) -> XdsClient:
 
 async def started(port: int, delta: bool, events: list[WatchEvent] | None = None,
                   **kw: object) -> XdsClient:
-    client = new_client(port, delta, **kw)
-    sink: list[WatchEvent] = [] if events is None else events
-    client.watch(LISTENER, None, sink.append)
-    client.watch(CLUSTER, None, sink.append)
+    client = watch_all(new_client(port, delta, **kw), events)
     await client.start()
     return client
 
