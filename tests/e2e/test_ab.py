@@ -39,7 +39,10 @@ pytestmark = [pytest.mark.kernel, pytest.mark.envoy, pytest.mark.timeout(300)]
 
 
 def _leftovers() -> set[str]:
-    return {p.name for base in (CGROUP2_ROOT, BPFFS) for p in base.glob("sockmesh-ab-*")}
+    """Cgroups and pin dirs of runs whose process is gone (a live one belongs to a run in
+    progress, e.g. another checkout's test session on this machine)."""
+    return {p.name for base in (CGROUP2_ROOT, BPFFS) for p in base.glob("sockmesh-ab-*")
+            if not Path(f"/proc/{p.name.rsplit('-', 1)[-1]}").exists()}
 
 
 def _ab(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:

@@ -29,7 +29,10 @@ SCENARIOS = {"direct", "kernel", "slow", "envoy", "sidecars"}
 
 
 def _leftovers() -> set[str]:
-    return {p.name for base in (CGROUP2_ROOT, BPFFS) for p in base.glob("sockmesh-bench-*")}
+    """Cgroups and pin dirs of runs whose process is gone (a live one belongs to a run in
+    progress, e.g. another checkout's test session on this machine)."""
+    return {p.name for base in (CGROUP2_ROOT, BPFFS) for p in base.glob("sockmesh-bench-*")
+            if not Path(f"/proc/{p.name.rsplit('-', 1)[-1]}").exists()}
 
 
 @pytest.fixture(scope="module")
