@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from integration.agent import DEFAULT_ADMIN_ADDR, DEFAULT_PIN_DIR
-from integration.commands.run import listen_addr, pin_dir
+from integration.commands._args import listen_addr, pin_dir
+from integration.commands._output import print_doc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,9 +99,5 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"sockmesh dump: cannot read the maps under {pin}: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        json.dump(doc, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
-    else:
-        print(render(doc))
+    print_doc(doc, args.json, render)
     return 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import signal
 import socket
@@ -22,82 +21,19 @@ import sys
 from pathlib import Path
 
 from integration.agent import DEFAULT_ADMIN_ADDR, DEFAULT_PIN_DIR, Agent, AgentConfig
+from integration.commands._args import (
+    cgroup_path,
+    ipv4_addr,
+    listen_addr,
+    pin_dir,
+    positive,
+    server_addr,
+)
 from integration.istio import IstioConfigError, istio_bootstrap, istio_env_present
-from integration.preflight import BPFFS, CGROUP2_ROOT, missing_for_datapath
+from integration.preflight import CGROUP2_ROOT, missing_for_datapath
 from xds_client import make_node
 
 log = logging.getLogger("sockmesh.run")
-
-
-def host_port(text: str) -> tuple[str, int]:
-    """argparse type: ``HOST:PORT`` (``[v6]:PORT`` too) with a port in 1..65535."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (port 1..65535)")
-    return host.strip("[]"), int(port)
-
-
-def server_addr(text: str) -> str:
-    """argparse type: an xDS server ``HOST:PORT`` kept as text for gRPC."""
-    host_port(text)
-    return text
-
-
-def listen_addr(text: str) -> tuple[str, int] | None:
-    """argparse type: ``IP:PORT`` to listen on (port 0 = any), or ``off``."""
-    if text == "off":
-        return None
-    host, sep, port = text.rpartition(":")
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: {host!r} is not an IP address") from None
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not IP:PORT")
-    return host.strip("[]"), int(port)
-
-
-def ipv4_addr(text: str) -> str:
-    """argparse type: an IPv4 address (connect4 rewrites IPv4 connects only)."""
-    try:
-        return str(ipaddress.IPv4Address(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
-
-
-def cgroup_path(text: str) -> Path:
-    """argparse type: an existing child cgroup v2 directory (never the root)."""
-    path = Path(text)
-    if not path.is_absolute():
-        path = CGROUP2_ROOT / path
-    path = path.resolve()
-    if path == CGROUP2_ROOT:
-        raise argparse.ArgumentTypeError(f"{text}: refusing the cgroup v2 root; give the "
-                                         "child cgroup that holds the mesh's workloads")
-    if CGROUP2_ROOT not in path.parents:
-        raise argparse.ArgumentTypeError(f"{text}: not under the cgroup v2 root {CGROUP2_ROOT}")
-    if not (path / "cgroup.procs").is_file():
-        raise argparse.ArgumentTypeError(f"{text}: no such cgroup v2 directory")
-    return path
-
-
-def pin_dir(text: str) -> Path:
-    """argparse type: a directory under bpffs."""
-    path = Path(text).resolve()
-    if BPFFS not in path.parents:
-        raise argparse.ArgumentTypeError(f"{text}: the pin dir must be under {BPFFS}")
-    return path
-
-
-def positive(text: str) -> float:
-    """argparse type: a positive number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

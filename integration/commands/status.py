@@ -10,7 +10,8 @@ import urllib.request
 from typing import Any
 
 from integration.agent import DEFAULT_ADMIN_ADDR
-from integration.commands.run import listen_addr
+from integration.commands._args import listen_addr
+from integration.commands._output import print_doc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,9 +100,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"sockmesh status: no agent answering on http://{host}:{port}/status ({reason}); "
               "is `sockmesh run` up, with this --metrics-addr?", file=sys.stderr)
         return 1
-    if args.json:
-        json.dump(doc, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
-    else:
-        print(render(doc))
+    print_doc(doc, args.json, render)
     return 0

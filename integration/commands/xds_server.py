@@ -14,8 +14,8 @@ import contextlib
 import logging
 import signal
 import sys
-from pathlib import Path
 
+from integration.commands._args import existing_path, listen_port, poll_interval
 from integration.xds_server import (
     AdsServer,
     ConfigError,
@@ -28,41 +28,14 @@ from translator.resources import ResourceSet
 DEFAULT_PORT = 18000
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range 0-65535: {value}")
-    return value
-
-
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0.05 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"poll interval out of range 0.05-3600 s: {value}")
-    return value
-
-
-def _existing_path(text: str) -> Path:
-    p = Path(text)
-    if not p.exists():
-        raise argparse.ArgumentTypeError(f"no such file or directory: {text}")
-    return p
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the subcommand's options."""
-    parser.add_argument("--config", required=True, type=_existing_path, metavar="PATH",
+    parser.add_argument("--config", required=True, type=existing_path, metavar="PATH",
                         help="Envoy /config_dump JSON file or directory of resource files")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=DEFAULT_PORT,
+    parser.add_argument("--port", type=listen_port, default=DEFAULT_PORT,
                         help=f"port to listen on, 0 for any free port ({DEFAULT_PORT})")
-    parser.add_argument("--poll-interval", type=_interval, default=0.5, metavar="SECONDS",
+    parser.add_argument("--poll-interval", type=poll_interval, default=0.5, metavar="SECONDS",
                         help="how often to check PATH for changes (0.5)")
 
 

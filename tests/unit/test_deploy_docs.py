@@ -123,9 +123,9 @@ def readers_cgroups(argv: list[str], root: Path) -> None:
 @pytest.mark.parametrize("argv", doc_invocations(), ids=" ".join)
 def test_documented_command_parses(argv: list[str], tmp_path: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from integration.commands import run
+    from integration.commands import _args
 
-    monkeypatch.setattr(run, "CGROUP2_ROOT", tmp_path)
+    monkeypatch.setattr(_args, "CGROUP2_ROOT", tmp_path)
     readers_cgroups(argv, tmp_path)
     parser = cli.build_parser()
     try:
