@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 from integration import cgroups
 from integration.demo import mesh
 from tests.support.backends import free_port
+from tests.support.process import poll_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SOCKMESH = [sys.executable, "-m", "integration.cli"]
@@ -32,17 +32,7 @@ SOCKMESH = [sys.executable, "-m", "integration.cli"]
 
 def poll(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
     """Call fn until it returns something truthy; TimeoutError naming ``what`` after timeout."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            last = exc
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not within {timeout} s (last: {last!r})")
+    return poll_until(fn, timeout, what, interval)
 
 
 def http_get(port: int, path: str) -> str:

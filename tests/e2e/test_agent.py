@@ -16,11 +16,8 @@ import re
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from envoy.config.route.v3 import route_pb2
@@ -28,6 +25,7 @@ from envoy.config.route.v3 import route_pb2
 from integration.agent import Agent, AgentConfig
 from integration.demo import mesh
 from integration.xds_server import AdsServer
+from tests.e2e.agent_harness import http_get, poll
 from tests.support.backends import free_port
 from xds_client import make_node
 
@@ -41,11 +39,6 @@ START = 60.0
 def demo_endpoints(base_port: int = 20000) -> dict[str, list[tuple[str, int]]]:
     specs = mesh.backends()
     return mesh.endpoints_of(specs, {b.name: base_port + i for i, b in enumerate(specs)})
-
-
-def http_get(port: int, path: str) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-        return r.read().decode()
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -174,31 +167,17 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-def _poll(fn: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            v = fn()
-            if v:
-                return v
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            last = exc
-        time.sleep(0.05)
-    raise TimeoutError(f"condition not met within {timeout} s (last error: {last})")
-
-
 def test_run_unreachable_server_keeps_retrying_and_says_so() -> None:
     dead = free_port()
     admin = free_port()
     proc = _start_run("--xds-server", f"127.0.0.1:{dead}", "--metrics-addr",
                       f"127.0.0.1:{admin}", "--backoff-max", "0.5")
     try:
-        st = _poll(lambda: json.loads(http_get(admin, "/status")), START)
+        st = poll(lambda: json.loads(http_get(admin, "/status")), START, "the agent's /status")
         assert st["xds"]["connected"] is False
         # several attempts have been made (backoff <= 0.5 s) and the agent is still up
-        _poll(lambda: json.loads(http_get(admin, "/status"))["xds"]["streams_opened"] >= 3,
-              WAIT)
+        poll(lambda: json.loads(http_get(admin, "/status"))["xds"]["streams_opened"] >= 3,
+             WAIT, "three xDS stream attempts")
         r = run_cli("status", "--admin-addr", f"127.0.0.1:{admin}")
         assert r.returncode == 0 and "NOT connected" in r.stdout, r.stdout
     finally:
@@ -219,7 +198,7 @@ def test_run_and_status_report_what_the_server_sent() -> None:
                 st = json.loads(http_get(admin, "/status"))
                 ok = st["config"]["applied"] and st["config"]["applied"]["endpoints"] == 9
                 return st if ok else None
-            st = await asyncio.to_thread(_poll, synced, START)
+            st = await asyncio.to_thread(poll, synced, START, "the agent synced to the new server")
             for short in ("LDS", "RDS", "CDS", "EDS"):
                 assert st["xds"]["types"][short]["version"] == srv.version
             r = await asyncio.to_thread(run_cli, "status", "--admin-addr",

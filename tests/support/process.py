@@ -29,19 +29,22 @@ T = TypeVar("T")
 
 def poll_until(condition: Callable[[], T | None], timeout: float, what: str,
                interval: float = POLL_S) -> T:
-    """Call ``condition`` until it returns a truthy value or ``timeout`` s pass."""
+    """Call ``condition`` until it returns a truthy value or ``timeout`` s pass.
+
+    The TimeoutError names ``what`` and the last value or exception seen.
+    """
     deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
+    last: object = None
     while True:
         try:
             value = condition()
             if value:
                 return value
+            last = value
         except Exception as exc:  # noqa: BLE001 - reported if the deadline passes
-            last_exc = exc
+            last = exc
         if time.monotonic() >= deadline:
-            suffix = f" (last error: {last_exc})" if last_exc else ""
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}{suffix}")
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
         time.sleep(interval)
 
 
