@@ -31,7 +31,7 @@ from typing import Any, Self
 
 from integration.xds_server import load_config
 from tests.support.capabilities import ROOT
-from tests.support.process import PeerProcess
+from tests.support.process import PeerProcess, peer_binary, peer_missing
 from translator.resources import ResourceSet
 
 PEER_DIR = ROOT / "tests" / "peers" / "gocp"
@@ -52,22 +52,13 @@ def source_key() -> str:
 
 def gocp_binary() -> Path | None:
     """The built server (SOCKMESH_GOCP overrides), or None when absent."""
-    env = os.environ.get("SOCKMESH_GOCP")
-    if env:
-        return Path(env)
-    return BINARY if BINARY.exists() else None
+    return peer_binary("SOCKMESH_GOCP", BINARY)
 
 
 def missing() -> str | None:
     """Why the gocp peer cannot run here, or None."""
-    b = gocp_binary()
-    if b is None or not b.exists():
-        return f"{BINARY.relative_to(ROOT)} not built (tests/peers/gocp/build.sh, run by scripts/setup.sh)"
-    if "SOCKMESH_GOCP" not in os.environ:
-        stamp = BINARY.with_name(BINARY.name + ".version")
-        if not stamp.exists() or stamp.read_text().strip() != source_key():
-            return "gocp-server is stale (sources changed); run tests/peers/gocp/build.sh"
-    return None
+    return peer_missing("SOCKMESH_GOCP", BINARY, "tests/peers/gocp/build.sh", source_key(),
+                        "gocp-server is stale (sources changed)")
 
 
 def snapshot_doc(resources: ResourceSet, version: str | None = None) -> dict[str, Any]:

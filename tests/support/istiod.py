@@ -37,7 +37,7 @@ import yaml
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from tests.support.capabilities import ROOT
-from tests.support.process import PeerProcess, http_get
+from tests.support.process import PeerProcess, http_get, peer_binary, peer_missing
 from xds_client import CLUSTER as CDS_TYPE
 from xds_client import istio_node
 
@@ -67,10 +67,7 @@ def pinned_version() -> str:
 
 def istiod_binary() -> Path | None:
     """pilot-discovery (SOCKMESH_PILOT_DISCOVERY overrides), or None when absent."""
-    env = os.environ.get("SOCKMESH_PILOT_DISCOVERY")
-    if env:
-        return Path(env)
-    return BINARY if BINARY.exists() else None
+    return peer_binary("SOCKMESH_PILOT_DISCOVERY", BINARY)
 
 
 def istio_envoy_binary() -> Path | None:
@@ -82,16 +79,9 @@ def istio_envoy_binary() -> Path | None:
 
 def missing() -> str | None:
     """Why istiod cannot run here, or None."""
-    b = istiod_binary()
-    if b is None or not b.exists():
-        return (f"{BINARY.relative_to(ROOT)} not built "
-                "(tests/peers/istiod/build.sh, run by scripts/setup.sh)")
-    if "SOCKMESH_PILOT_DISCOVERY" not in os.environ:
-        stamp = BINARY.with_name(BINARY.name + ".version")
-        if not stamp.exists() or stamp.read_text().strip() != pinned_version():
-            return (f"pilot-discovery is not built from istio.io/istio {pinned_version()}; "
-                    "run tests/peers/istiod/build.sh")
-    return None
+    return peer_missing("SOCKMESH_PILOT_DISCOVERY", BINARY, "tests/peers/istiod/build.sh",
+                        pinned_version(),
+                        f"pilot-discovery is not built from istio.io/istio {pinned_version()}")
 
 
 def free_ports(n: int) -> list[int]:

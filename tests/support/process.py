@@ -14,12 +14,16 @@ deadline loop every wait uses; :func:`http_get` the GET of an admin or debug end
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
+
+from tests.support.capabilities import ROOT
 
 POLL_S = 0.05
 STOP_TIMEOUT_S = 5.0
@@ -46,6 +50,33 @@ def poll_until(condition: Callable[[], T | None], timeout: float, what: str,
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
         time.sleep(interval)
+
+
+def peer_binary(env_var: str, built: Path) -> Path | None:
+    """A peer's binary: ``$env_var`` when set, else ``built`` (where its build.sh puts it)
+    when it exists, else None."""
+    env = os.environ.get(env_var)
+    if env:
+        return Path(env)
+    return built if built.exists() else None
+
+
+def peer_missing(env_var: str, built: Path, build_script: str, version: str,
+                 stale: str) -> str | None:
+    """Why a peer's binary cannot run here, or None.
+
+    Missing: neither ``$env_var`` nor ``built`` exists.  Stale: ``built`` (not an override)
+    is stamped (``<binary>.version``, written by ``build_script``) with another ``version``
+    than the sources now give; ``stale`` says so.
+    """
+    found = peer_binary(env_var, built)
+    if found is None or not found.exists():
+        return f"{built.relative_to(ROOT)} not built ({build_script}, run by scripts/setup.sh)"
+    if env_var not in os.environ:
+        stamp = built.with_name(built.name + ".version")
+        if not stamp.exists() or stamp.read_text().strip() != version:
+            return f"{stale}; run {build_script}"
+    return None
 
 
 def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = STOP_TIMEOUT_S) -> None:
