@@ -19,26 +19,34 @@ from tests.support.capabilities import ROOT
 from tests.support.routegen import GeneratedRequest
 
 
-def explain_batch(dump: Path, route_config: str, requests: list[GeneratedRequest],
-                  workdir: Path, subprocess_cli: bool = True) -> list[dict[str, Any]]:
-    """Run `sockmesh explain --requests` and return its decisions in order.
+def run_explain(args: list[str], requests: list[GeneratedRequest], requests_file: Path,
+                subprocess_cli: bool = True) -> tuple[int, str, str]:
+    """`sockmesh explain ARGS --requests FILE` with ``requests`` written to ``requests_file``:
+    (exit code, stdout, stderr).
 
     As a real command in a subprocess by default; ``subprocess_cli=False`` calls the same CLI
     entry point in this process (saves ~1 s of interpreter start per call).
     """
-    reqs = workdir / f"requests-{abs(hash((str(dump), route_config)))}.jsonl"
-    reqs.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in requests))
-    argv = ["explain", "--config-dump", str(dump), "--route-config", route_config,
-            "--requests", str(reqs)]
+    requests_file.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in requests))
+    argv = ["explain", *args, "--requests", str(requests_file)]
     if subprocess_cli:
         proc = subprocess.run([sys.executable, "-m", "integration.cli", *argv], cwd=ROOT,
                               capture_output=True, text=True, timeout=120, check=False)
-        code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
-    else:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli_main(argv)
-        stdout, stderr = out.getvalue(), err.getvalue()
+        return proc.returncode, proc.stdout, proc.stderr
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def explain_batch(dump: Path, route_config: str, requests: list[GeneratedRequest],
+                  workdir: Path, subprocess_cli: bool = True) -> list[dict[str, Any]]:
+    """Run `sockmesh explain --route-config` on ``requests`` (``subprocess_cli`` as in
+    :func:`run_explain`) and return its decisions in order."""
+    reqs = workdir / f"requests-{abs(hash((str(dump), route_config)))}.jsonl"
+    code, stdout, stderr = run_explain(
+        ["--config-dump", str(dump), "--route-config", route_config], requests, reqs,
+        subprocess_cli)
     assert code == 0, f"explain failed on {dump} {route_config}:\n{stderr}"
     lines = [json.loads(line) for line in stdout.splitlines() if line.strip()]
     assert len(lines) == len(requests), (len(lines), len(requests))

@@ -15,13 +15,9 @@ keep-alive, explain as a subprocess for the main and Istio suites, in-process fo
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -31,8 +27,7 @@ from typing import Any
 
 import pytest
 
-from integration.cli import main as cli_main
-from tests.diff.compare import candidate_weights, disagreements, explain_batch
+from tests.diff.compare import candidate_weights, disagreements, explain_batch, run_explain
 from tests.diff.envoy_oracle import (
     REQ_ID_HEADER,
     EnvoyDecision,
@@ -43,7 +38,6 @@ from tests.diff.envoy_oracle import (
     read_decisions,
     start_envoy,
 )
-from tests.support.capabilities import ROOT
 from tests.support.routegen import (
     EXTRAS,
     GeneratedConfig,
@@ -483,19 +477,10 @@ def _explain_by_port(run: Run, dump: dict[str, Any], workdir: Path) -> None:
     total, bad = 0, []
     for n, s in enumerate(s for s in run.suites
                           if s.key in run.ports and not s.key.startswith("known-")):
-        reqs = workdir / f"by-port-{s.key}.jsonl"
-        reqs.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in s.requests))
-        argv = ["explain", "--config-dump", str(path), "--port", str(run.ports[s.key]),
-                "--requests", str(reqs)]
-        if n == 0:  # once as a real command, then in-process to save interpreter starts
-            proc = subprocess.run([sys.executable, "-m", "integration.cli", *argv], cwd=ROOT,
-                                  capture_output=True, text=True, timeout=120, check=False)
-            code, out, err = proc.returncode, proc.stdout, proc.stderr
-        else:
-            o, e = io.StringIO(), io.StringIO()
-            with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
-                code = cli_main(argv)
-            out, err = o.getvalue(), e.getvalue()
+        # once as a real command, then in-process to save interpreter starts
+        code, out, err = run_explain(
+            ["--config-dump", str(path), "--port", str(run.ports[s.key])], s.requests,
+            workdir / f"by-port-{s.key}.jsonl", subprocess_cli=n == 0)
         assert code == 0, f"{s.key}: {err}"
         ours = [json.loads(x) for x in out.splitlines()]
         total += len(ours)
