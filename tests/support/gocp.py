@@ -94,13 +94,9 @@ class GocpServer(PeerProcess):
     def __init__(self, snapshot: Path, workdir: Path, *, port: int = 0,
                  poll: str = "100ms", binary: Path | None = None,
                  extra_args: list[str] | None = None) -> None:
-        found = binary or gocp_binary()
-        if found is None or not Path(found).exists():
-            raise GocpError(missing() or "gocp-server not found")
-        self.binary = Path(found)
+        self.set_up(binary or gocp_binary(), lambda: missing() or "gocp-server not found",
+                    workdir)
         self.snapshot = Path(snapshot)
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port
         self.poll = poll
         self.extra_args = list(extra_args or [])

@@ -142,13 +142,9 @@ class Istiod(PeerProcess):
                  start_timeout: float = START_TIMEOUT_S,
                  log_level: str = "default:info",
                  env: dict[str, str] | None = None) -> None:
-        found = binary or istiod_binary()
-        if found is None or not Path(found).exists():
-            raise IstiodError(missing() or "pilot-discovery not found")
-        self.binary = Path(found)
+        self.set_up(binary or istiod_binary(), lambda: missing() or "pilot-discovery not found",
+                    workdir)
         self.config_dir = Path(config_dir)
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.mesh_path = self.workdir / "mesh.yaml"
         self.mesh_path.write_text(yaml.safe_dump(mesh if mesh is not None else mesh_config()))
         self.log_path = self.workdir / "istiod.log"

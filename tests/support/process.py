@@ -2,14 +2,17 @@
 
     class MyPeer(PeerProcess):
         label = "my-peer"                 # names the process in errors
-        error = MyPeerError               # raised when it died
+        error = MyPeerError               # raised when it is absent or died
+        def __init__(self, workdir): self.set_up(peer_binary(ENV, BUILT), why, workdir)
         def start(self): self.proc = subprocess.Popen(...); return self.started(self.wait)
         def log_tail(self, lines=40): ...
 
 :class:`PeerProcess` carries what Envoy, istiod and the go-control-plane server share:
-the ``proc`` handle, stop by PID (SIGTERM, SIGKILL after a timeout, reap), the context
-manager, the alive check with the log tail in its message.  :func:`poll_until` is the
-deadline loop every wait uses; :func:`http_get` the GET of an admin or debug endpoint.
+the binary and work dir, the ``proc`` handle, stop by PID (SIGTERM, SIGKILL after a
+timeout, reap), the context manager, the alive check with the log tail in its message.
+:func:`peer_binary` and :func:`peer_missing` find a built peer (env override, build
+stamp); :func:`poll_until` is the deadline loop every wait uses; :func:`http_get` the GET
+of an admin or debug endpoint.
 """
 
 from __future__ import annotations
@@ -106,6 +109,17 @@ class PeerProcess:
     label: ClassVar[str] = "process"
     error: ClassVar[type[RuntimeError]] = RuntimeError
     proc: subprocess.Popen[bytes] | None = None
+    binary: Path
+    workdir: Path
+
+    def set_up(self, binary: Path | None, why_missing: Callable[[], str], workdir: Path) -> None:
+        """Take ``binary`` (``error`` saying ``why_missing()`` when it is absent) and create
+        ``workdir``; called first in a subclass's ``__init__``."""
+        if binary is None or not Path(binary).exists():
+            raise self.error(why_missing())
+        self.binary = Path(binary)
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> Self:
         """Start the process and wait until it is ready."""
