@@ -16,10 +16,8 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../../.." && pwd)"
-OUT_DIR="$ROOT/.cache/peers/istiod"
-BIN="$OUT_DIR/pilot-discovery"
-STAMP="$BIN.version"
-GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
+# shellcheck source=tests/peers/go_build.sh
+. "$HERE/../go_build.sh"
 
 VERSION="$(awk '$1 == "istio.io/istio" {print $2}' "$HERE/go.mod")"
 if [ -z "$VERSION" ]; then
@@ -27,22 +25,6 @@ if [ -z "$VERSION" ]; then
     exit 2
 fi
 
-if [ -x "$BIN" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$VERSION" ]; then
-    echo "$BIN"
-    exit 0
-fi
-if [ "${1:-}" = "--check" ]; then
-    echo "istiod/build.sh: $BIN missing or not built from istio.io/istio $VERSION" >&2
-    exit 1
-fi
-
-mkdir -p "$OUT_DIR"
-echo "istiod/build.sh: building pilot-discovery from istio.io/istio $VERSION (cold: ~10-25 min on 2 cores)" >&2
-start=$(date +%s)
-# Modest parallelism: these machines have 2 cores shared with other work.
-(cd "$HERE" && GOFLAGS=-buildvcs=false GOMAXPROCS="${GOMAXPROCS:-2}" \
-    "$GO" build -p "${GO_BUILD_P:-2}" -trimpath -o "$BIN.tmp" istio.io/istio/pilot/cmd/pilot-discovery)
-mv "$BIN.tmp" "$BIN"
-echo "$VERSION" > "$STAMP"
-echo "istiod/build.sh: built in $(( $(date +%s) - start )) s" >&2
-echo "$BIN"
+BUILD_NOTE=" (cold: ~10-25 min on 2 cores)" \
+    go_peer_build istiod "$ROOT/.cache/peers/istiod/pilot-discovery" "$VERSION" \
+    "istio.io/istio $VERSION" istio.io/istio/pilot/cmd/pilot-discovery "${1:-}"
