@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import integration
-from integration import cgroups
+from integration import cgroups, processes
 from integration.agent import Agent, AgentConfig, fast_path_share
 from integration.demo import mesh
 from integration.demo.report import render_text, summarize, write_report
@@ -310,18 +310,8 @@ class Demo:
 
 
 async def _end(proc: subprocess.Popen[str] | None) -> None:
-    """Terminate a process we started (by its PID) and reap it."""
-    if proc is None:
-        return
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            await asyncio.to_thread(proc.wait, 5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait, 5)
-    if proc.stdout is not None:
-        proc.stdout.close()
+    """Terminate a process we started (by its PID) and reap it, off the event loop."""
+    await asyncio.to_thread(processes.end, proc)
 
 
 def _env() -> dict[str, str]:

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Self
 
-from tests.support.process import stop_process
+from integration import processes
 
 LOOPBACK = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,9 +156,7 @@ class BackendProcess:
 
     def stop(self) -> None:
         """Terminate the process by PID and reap it."""
-        stop_process(self.proc, timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        processes.end(self.proc, timeout=5)
 
     def __enter__(self) -> Self:
         return self

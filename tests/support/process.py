@@ -8,8 +8,9 @@
         def log_tail(self, lines=40): ...
 
 :class:`PeerProcess` carries what Envoy, istiod and the go-control-plane server share:
-the binary and work dir, the ``proc`` handle, stop by PID (SIGTERM, SIGKILL after a
-timeout, reap), the context manager, the alive check with the log tail in its message.
+the binary and work dir, the ``proc`` handle, stop by PID (the product's
+``integration.processes.end``: SIGTERM, SIGKILL after a timeout, reap), the context
+manager, the alive check with the log tail in its message.
 :func:`peer_binary` and :func:`peer_missing` find a built peer (env override, build
 stamp); :func:`poll_until` is the deadline loop every wait uses; :func:`http_get` the GET
 of an admin or debug endpoint.
@@ -24,12 +25,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Self, TypeVar
+from typing import ClassVar, Self, TypeVar
 
+from integration import processes
 from tests.support.capabilities import ROOT
 
 POLL_S = 0.05
-STOP_TIMEOUT_S = 5.0
 
 T = TypeVar("T")
 
@@ -82,18 +83,6 @@ def peer_missing(env_var: str, built: Path, build_script: str, version: str,
     return None
 
 
-def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM ``proc`` by PID (SIGKILL after ``timeout`` s) and reap it; None is a no-op."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=timeout)
-
-
 def http_get(url: str, timeout: float, errors: str = "strict") -> tuple[int, str]:
     """GET ``url``; returns (status, body), an HTTP error status included."""
     try:
@@ -138,9 +127,9 @@ class PeerProcess:
             raise
         return self
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+    def stop(self, timeout: float = processes.END_TIMEOUT_S) -> None:
         """SIGTERM by PID (SIGKILL after ``timeout`` s) and reap."""
-        stop_process(self.proc, timeout)
+        processes.end(self.proc, timeout)
 
     def check_alive(self) -> None:
         """Raise ``error`` with the log tail if the process has exited."""
