@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from integration.bench.envoy_compat import envoy_loadable
 from tests.diff.compare import candidate_weights, disagreements, explain_batch, run_explain
 from tests.diff.envoy_oracle import (
     REQ_ID_HEADER,
@@ -116,32 +117,6 @@ def referenced_clusters(obj: Any) -> set[str]:
         for v in obj:
             found |= referenced_clusters(v)
     return found
-
-
-# Extensions an older Envoy found by name alone; Envoy 1.40 wants their typed_config.
-EXTENSION_TYPES = {
-    "envoy.retry_host_predicates.previous_hosts":
-        "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
-}
-
-
-def envoy_loadable(obj: Any, changes: list[str]) -> Any:
-    """A copy of an Istio route config that Envoy 1.40 loads, with each change recorded.
-
-    The only change needed for the three dumps: a ``retry_host_predicate`` given by ``name``
-    without ``typed_config`` (the bookinfo dump, written by an older Envoy) gets the
-    typed_config of that same extension.  It does not affect which route or cluster is chosen.
-    """
-    if isinstance(obj, list):
-        return [envoy_loadable(v, changes) for v in obj]
-    if not isinstance(obj, dict):
-        return obj
-    out = {k: envoy_loadable(v, changes) for k, v in obj.items()}
-    name = out.get("name")
-    if name in EXTENSION_TYPES and "typed_config" not in out:
-        out["typed_config"] = {"@type": EXTENSION_TYPES[name]}
-        changes.append(f"added typed_config to {name}")
-    return out
 
 
 def send_all(port: int, requests: list[GeneratedRequest], first_id: int) -> None:
