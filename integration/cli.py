@@ -27,30 +27,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class _UnavailableCommand:
-    """Stands in for a subcommand whose module is not present in this build."""
-
-    def __init__(self, name: str, error: Exception) -> None:
-        self.name = name
-        self.error = error
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-
-    def run(self, args: argparse.Namespace) -> int:
-        print(f"sockmesh {self.name}: not available: {self.error}", file=sys.stderr)
-        return 2
-
-
-def _load(name: str, module: str):  # noqa: ANN202 - a module or a stand-in
-    try:
-        return importlib.import_module(f"integration.commands.{module}")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("integration.commands"):
-            return _UnavailableCommand(name, exc)
-        raise
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sockmesh",
@@ -61,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, purpose) in COMMANDS.items():
-        mod = _load(name, module)
+        mod = importlib.import_module(f"integration.commands.{module}")
         p = sub.add_parser(name, help=purpose, description=purpose)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)

