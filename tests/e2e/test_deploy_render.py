@@ -42,7 +42,7 @@ REVISIONED = ("istiod.address=istiod-1-29.istio-system.svc:15012",
 KUBE_VERSIONS = (dr.min_kube_version(), latest_version())
 # what the kubelet would put into fieldRef env: a documentation address for the pod's (with
 # hostNetwork: the node's) IP and a generated pod name
-POD_IP = "192.0.2.10"
+POD_IP = "127.0.0.10"  # loopback: the pod-run test binds the splice listener on it
 POD_SUFFIX = "x7k2q"
 RBAC_KINDS = {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
 
