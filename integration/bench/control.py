@@ -33,7 +33,9 @@ from integration import cgroups
 from integration.bench.envoy_compat import envoy_loadable
 from integration.bench.scenarios import bench_tables, merged, update_rule
 from integration.bench.system import bpf_map_sizes, largest_maps, profile_top, rss_bytes
+from integration.envoy import EnvoyProcess, ads_bootstrap
 from integration.preflight import BPFFS
+from integration.processes import end
 from translator import TableBuilder
 from translator.resources import (
     CLUSTER_LOAD_ASSIGNMENT,
@@ -44,6 +46,7 @@ from translator.resources import (
 
 AGENT_PREFIX = "sockmesh-bench-agent"
 LOAD_TIMEOUT_S = 120.0
+AGENT_STOP_S = 15.0  # the agent detaches and stops its socket keeper on SIGTERM
 
 
 def istio_snapshot(seed: int = 1) -> ResourceSet:
@@ -210,11 +213,11 @@ def _poll(cond: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 def memory_figures(rs: ResourceSet, workdir: Path, pkg_root: str,
-                   say: Callable[[str], None]) -> dict[str, Any]:
+                   say: Callable[[str], None], envoy_binary: Path | None = None
+                   ) -> dict[str, Any]:
     """RSS of `sockmesh run` (+ its BPF maps) and of an Envoy sidecar, both fed ``rs`` over ADS
     by the embedded xDS server; also the agent's own apply time for the snapshot."""
     from integration.xds_server import AdsServer
-    from tests.support.envoy import EnvoyProcess, ads_bootstrap
 
     loop = _Loop()
     server = AdsServer(envoy_loadable_set(rs))
@@ -230,7 +233,8 @@ def memory_figures(rs: ResourceSet, workdir: Path, pkg_root: str,
             "snapshot to an Envoy sidecar and to `sockmesh run`")
         envoy = EnvoyProcess(ads_bootstrap("sidecar~127.0.0.1~bench.default~default.svc."
                                            "cluster.local", port), workdir / "envoy-istio",
-                             wait_ready=True, start_timeout=LOAD_TIMEOUT_S)
+                             binary=envoy_binary, wait_ready=True,
+                             start_timeout=LOAD_TIMEOUT_S)
         envoy.start()
 
         def envoy_loaded() -> bool:
@@ -286,7 +290,7 @@ def memory_figures(rs: ResourceSet, workdir: Path, pkg_root: str,
                 "largest_maps": largest_maps(pids)}
     finally:
         if agent is not None:
-            _stop(agent)
+            end(agent, AGENT_STOP_S)
         if keeper_pid is not None:
             _stop_pid(keeper_pid)  # the agent stops it on SIGTERM; make sure
         if envoy is not None:
@@ -352,15 +356,3 @@ def _drain(proc: subprocess.Popen[str]) -> None:
     assert proc.stdout is not None
     for _ in proc.stdout:
         pass
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    """Terminate a process we started, by PID, and reap it."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-

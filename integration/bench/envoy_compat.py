@@ -2,8 +2,11 @@
 
 Configs written for (or by) older Envoys name some extensions by ``name`` alone; Envoy 1.40
 wants their ``typed_config``.  The change adds the typed_config of that same extension, so
-it never affects which route, cluster or endpoint is chosen.  (tests/diff's
-``envoy_loadable`` does the same for route configs only; this covers clusters as well.)
+it never affects which route, cluster or endpoint is chosen.  It covers route configs and
+clusters alike; ``sockmesh ab``, ``sockmesh bench`` and tests/diff all use this one.
+
+:func:`referenced_clusters` lists the clusters a route config names, so the Envoy that
+serves it can be given exactly those.
 """
 
 from __future__ import annotations
@@ -31,3 +34,20 @@ def envoy_loadable(obj: Any, changes: list[str] | None = None) -> Any:
         if changes is not None:
             changes.append(f"added typed_config to {name}")
     return out
+
+
+def referenced_clusters(obj: Any) -> set[str]:
+    """Every cluster a route config JSON names (route.cluster, weighted cluster names)."""
+    found: set[str] = set()
+    if isinstance(obj, dict):
+        if isinstance(obj.get("cluster"), str):
+            found.add(obj["cluster"])
+        wc = obj.get("weighted_clusters")
+        if isinstance(wc, dict):
+            found.update(str(c["name"]) for c in wc.get("clusters", []))
+        for v in obj.values():
+            found |= referenced_clusters(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            found |= referenced_clusters(v)
+    return found

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from integration.bench.system import pin_to_cpu
+from integration.processes import end
 
 BODY = "sockmesh bench\n"
 START_TIMEOUT_S = 10.0
@@ -89,13 +90,7 @@ class Nginx:
 
     def stop(self) -> None:
         """Terminate the master by PID (it stops its workers) and reap it."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        end(self.proc)
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], workdir: Path) -> None:
@@ -130,9 +125,7 @@ def start(workdir: Path, name: str, cpu: str | None = None) -> Nginx:
         try:
             _wait_listening(port, proc, wd)
         except NginxError:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(5)
+            end(proc)
             if attempt == 4:
                 raise
             continue  # the port was taken between probing and binding: try another

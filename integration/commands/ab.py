@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "the default, with N = 1000")
     parser.add_argument("--out", type=Path, default=Path("sockmesh-ab-report"),
                         help="report directory (./sockmesh-ab-report)")
+    parser.add_argument("--envoy", type=Path, default=None, metavar="PATH",
+                        help="the Envoy binary (default: $SOCKMESH_ENVOY, else `envoy` on "
+                             "PATH)")
     parser.add_argument("--timeout", type=float, default=15.0, metavar="S",
                         help="with --xds-server: give up fetching the config after S (15)")
 
@@ -67,6 +70,7 @@ def _load(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """Run the A/B; 0 iff Envoy and sockmesh agree on every request."""
     from integration import ab
+    from integration.envoy import EnvoyError, find_envoy
 
     n = args.generate if args.generate is not None else 1000
     if args.requests is None and not 1 <= n <= MAX_REQUESTS:
@@ -76,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         print("sockmesh ab: cannot run the eBPF datapath here:\n  - " + "\n  - ".join(missing),
               file=sys.stderr)
+        return 1
+    try:
+        envoy = find_envoy(args.envoy)
+    except EnvoyError as exc:
+        print(f"sockmesh ab: error: {exc}", file=sys.stderr)
         return 1
     t0 = time.monotonic()
 
@@ -100,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             if n < n_routes:
                 cfg.notes.append(f"--generate {n} is less than the {n_routes} routes: "
                                  "not every route is covered")
-        summary = ab.AbRun(cfg, requests, args.out.resolve(), say).run()
+        summary = ab.AbRun(cfg, requests, args.out.resolve(), say, envoy).run()
     except KeyboardInterrupt:
         print("sockmesh ab: interrupted; cleaned up", file=sys.stderr)
         return 130

@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds per saturation run (full 8, quick 2)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the Istio-sized memory comparison (agent vs Envoy)")
+    parser.add_argument("--envoy", type=Path, default=None, metavar="PATH",
+                        help="the Envoy binary (default: $SOCKMESH_ENVOY, else `envoy` on "
+                             "PATH)")
     parser.add_argument("--docs", type=Path, default=None, metavar="FILE",
                         help="write the benchmarks page (e.g. docs/benchmarks.md) from the "
                              "results, with plots and JSON next to it")
@@ -81,7 +84,14 @@ def run(args: argparse.Namespace) -> int:
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             print(f"sockmesh bench: {tool} is not installed", file=sys.stderr)
             return 1
-    bench = Bench(args)
+    from integration.envoy import EnvoyError, find_envoy
+
+    try:
+        envoy = find_envoy(args.envoy)
+    except EnvoyError as exc:
+        print(f"sockmesh bench: error: {exc}", file=sys.stderr)
+        return 1
+    bench = Bench(args, envoy)
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -132,8 +142,9 @@ def _median(xs: list[float]) -> float:
 class Bench:
     """One benchmark run; ``main()`` always cleans up what it started."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, envoy: Path) -> None:
         self.args = args
+        self.envoy = envoy  # the Envoy binary
         self.quick = bool(args.quick)
         self.rounds = args.rounds or (1 if self.quick else 3)
         self.sat_s = args.seconds or (2.0 if self.quick else 8.0)
@@ -181,7 +192,7 @@ class Bench:
             rss_bytes,
             version_of,
         )
-        from tests.support.envoy import EnvoyProcess
+        from integration.envoy import EnvoyProcess
 
         started = dt.datetime.now(dt.UTC)
         results: dict[str, Any] = {
@@ -228,9 +239,10 @@ class Bench:
             self.say(f"datapath threads while idle: {results['agent_idle_cpu_cores']:.3f} "
                      "cores")
 
-            hop = EnvoyProcess(proxies.hop(eps), work / "envoy-hop")
+            hop = EnvoyProcess(proxies.hop(eps), work / "envoy-hop", binary=self.envoy)
             envoys.append(hop)
-            server_sc = EnvoyProcess(proxies.hop(eps), work / "envoy-server-sidecar")
+            server_sc = EnvoyProcess(proxies.hop(eps), work / "envoy-server-sidecar",
+                                     binary=self.envoy)
             envoys.append(server_sc)
             for e in (hop, server_sc):
                 e.start()
@@ -239,7 +251,7 @@ class Bench:
             sport = server_sc.listener_port(proxies.LISTENER)
             client_sc = EnvoyProcess(proxies.hop([("127.0.0.1", int(sport or 0))],
                                                  "server-sidecar"),
-                                     work / "envoy-client-sidecar")
+                                     work / "envoy-client-sidecar", binary=self.envoy)
             envoys.append(client_sc)
             client_sc.start()
             assert client_sc.pid is not None
@@ -339,7 +351,7 @@ class Bench:
             dp = None
             if not self.args.no_memory:
                 results["memory"]["istio"] = control.memory_figures(
-                    control.istio_snapshot(), work, PKG_ROOT, self.say)
+                    control.istio_snapshot(), work, PKG_ROOT, self.say, self.envoy)
         finally:
             for e in envoys:
                 e.stop()

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from integration.bench.envoy_compat import envoy_loadable
+from integration.bench.envoy_compat import envoy_loadable, referenced_clusters
 from tests.diff.compare import candidate_weights, disagreements, explain_batch, run_explain
 from tests.diff.envoy_oracle import (
     REQ_ID_HEADER,
@@ -100,23 +100,6 @@ def istio_route_configs(dump: dict[str, Any]) -> list[dict[str, Any]]:
                 if rc.get("name"):
                     out.append(rc)
     return out
-
-
-def referenced_clusters(obj: Any) -> set[str]:
-    """Every cluster a route config JSON names (route.cluster, weighted cluster names)."""
-    found: set[str] = set()
-    if isinstance(obj, dict):
-        if isinstance(obj.get("cluster"), str):
-            found.add(obj["cluster"])
-        wc = obj.get("weighted_clusters")
-        if isinstance(wc, dict):
-            found.update(str(c["name"]) for c in wc.get("clusters", []))
-        for v in obj.values():
-            found |= referenced_clusters(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            found |= referenced_clusters(v)
-    return found
 
 
 def send_all(port: int, requests: list[GeneratedRequest], first_id: int) -> None:

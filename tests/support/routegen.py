@@ -12,13 +12,30 @@ For every route the generator builds a request that satisfies it and near-misses
 (one character more or less, a case flip, trailing slash, a query string, the port in Host, one
 header condition broken at a time).  Requests carry no expected answer: a real Envoy labels
 them.  Everything the generator emits must be accepted by Envoy; a rejection is a generator bug.
+
+The request shape, the host probes and the boundary requests for any (real) route config are
+the product's (``integration.requestgen``, used by ``sockmesh ab``), re-exported here.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from integration.requestgen import (
+    REGEX_TEMPLATES,
+    UNKNOWN_HOSTS,
+    GeneratedRequest,
+    authority_probes,
+    boundary_paths,
+    boundary_requests,
+)
+from integration.requestgen import flip_case as _flip_case
+
+__all__ = ["EXTRAS", "REGEX_TEMPLATES", "UNKNOWN_HOSTS", "GeneratedConfig", "GeneratedRequest",
+           "WeightedProbe", "boundary_paths", "boundary_requests", "cluster_name",
+           "config_dump", "generate"]
 
 SERVICES = ("reviews", "ratings", "details", "productpage", "httpbin", "catalog")
 NAMESPACES = ("default", "shop")
@@ -27,17 +44,6 @@ WILDCARD_DOMAINS = ("*.example.com", "*-api.mesh.io", "api.*", "shop.*")
 
 PATH_BASES = ("/api", "/api/v1", "/api/v1/users", "/static", "/get", "/login", "/Reviews", "/",
               "")  # an empty prefix matches every path
-
-# regex, paths it fully matches, paths it does not (RE2 syntax, matched on the path only)
-REGEX_TEMPLATES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
-    (r"/api/v[0-9]+/users", ("/api/v1/users", "/api/v22/users"),
-     ("/api/v/users", "/api/v1/users/", "/API/v1/users")),
-    (r"/reviews/[0-9]+", ("/reviews/1", "/reviews/42"), ("/reviews/", "/reviews/a", "/reviews/1/x")),
-    (r"/static/.*\.css", ("/static/a.css", "/static/x/y.css"), ("/static/a.cssx", "/static/a_css")),
-    (r"/(login|logout)", ("/login", "/logout"), ("/log", "/loginx", "/Login")),
-    (r"/get.*", ("/get", "/getx", "/get/a"), ("/ge", "/GET")),
-    (r"/[a-z]+", ("/api", "/get"), ("/api/v1", "/API", "/")),
-)
 
 HEADER_NAMES = ("x-user", "end-user", "x-env", "x-canary", "x-version")
 HEADER_VALUES = ("jason", "Jason", "beta-user", "v2", "canary", "QA")
@@ -69,37 +75,10 @@ EXTRAS = frozenset({
     "grpc",  # grpc route matches and gRPC requests: Envoy's local replies become HTTP 200
 })
 
-UNKNOWN_HOSTS = ("unknown.test", "example.com", "api", "reviews.other.svc.cluster.local")
-
 
 def cluster_name(service: str, ns: str, port: int, subset: str = "") -> str:
     """An Istio outbound cluster name."""
     return f"outbound|{port}|{subset}|{service}.{ns}.svc.cluster.local"
-
-
-@dataclass
-class GeneratedRequest:
-    """One request in the explain jsonl shape, with a note saying why it was generated."""
-
-    method: str
-    authority: str
-    path: str
-    headers: dict[str, str] = field(default_factory=dict)
-    note: str = ""
-    # sent after ``headers``; may repeat a name (Envoy joins repeated values with ",")
-    extra_headers: list[tuple[str, str]] = field(default_factory=list)
-
-    def header_pairs(self) -> list[tuple[str, str]]:
-        """Every header in wire order."""
-        return [*self.headers.items(), *self.extra_headers]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The explain ``--requests`` line for this request."""
-        headers: Any = dict(self.headers)
-        if self.extra_headers:
-            headers = [list(p) for p in self.header_pairs()]
-        return {"method": self.method, "authority": self.authority, "path": self.path,
-                "headers": headers}
 
 
 @dataclass
@@ -149,11 +128,6 @@ def config_dump(route_configs: list[dict[str, Any]], clusters: list[str]) -> dic
     ]}
 
 
-def _flip_case(s: str) -> str:
-    flipped = s.swapcase()
-    return flipped if flipped != s else s + "X"
-
-
 def _add_query(path: str, query: str) -> str:
     if not query:
         return path
@@ -192,33 +166,6 @@ class _Gen:
             for d in (f, f"{f}:{port}"):
                 if self.rng.random() < 0.8 and d not in self.used_domains:
                     out.append(d)
-        return out
-
-    def authority_probes(self, domains: list[str], port: int) -> list[tuple[str, str]]:
-        """Host values near each domain: literal, case flip, port added/removed, wildcard fill."""
-        out: list[tuple[str, str]] = []
-        for d in domains:
-            if d == "*":
-                out.append(("anything.at.all:1234", "catch-all"))
-            elif d.startswith("*"):
-                suffix = d[1:]
-                out += [(f"foo{suffix}", "wildcard suffix"), (f"a.b{suffix}", "deep suffix"),
-                        (suffix.lstrip(".-"), "suffix without label"),
-                        (f"foo{suffix}:{port}", "wildcard suffix + port"),
-                        (f"FOO{suffix.upper()}", "wildcard suffix upper")]
-            elif d.endswith("*"):
-                stem = d[:-1]
-                out += [(f"{stem}example.org", "wildcard prefix"),
-                        (f"{stem}x:{port}", "wildcard prefix + port"),
-                        (stem.rstrip("."), "prefix without dot")]
-            else:
-                host, _, p = d.partition(":")
-                out.append((d, "domain"))
-                out.append((_flip_case(d), "domain case flip"))
-                out.append((host if p else f"{d}:{port}", "port toggled"))
-                out.append((f"{host}.:{p}" if p else f"{d}.", "trailing dot"))
-                if p:
-                    out.append((f"{host}:{int(p) + 1}", "other port"))
         return out
 
     def virtual_hosts(self) -> list[tuple[str, list[str], int]]:
@@ -620,7 +567,7 @@ class _Gen:
         name = f"{name}-seed{self.seed}"
         vhosts_json = []
         for vh_name, domains, port in self.virtual_hosts():
-            probes = self.authority_probes(domains, port)
+            probes = authority_probes(domains, port)
             routes = self.routes_for(vh_name, domains, port, probes)
             vhosts_json.append({"name": vh_name, "domains": domains, "routes": routes,
                                 "include_request_attempt_count": True})
@@ -647,42 +594,3 @@ def generate(seed: int, extras: frozenset[str] = frozenset()) -> GeneratedConfig
     tested on its own.
     """
     return _Gen(seed, extras).generate()
-
-
-def boundary_paths(match: dict[str, Any]) -> list[str]:
-    """Paths just inside and just outside an Envoy route match (any config, not only ours)."""
-    for kind in ("prefix", "path", "path_separated_prefix"):
-        if kind in match:
-            p = str(match[kind])
-            t = p.rstrip("/")
-            out = [p, f"{p}?a=1", _flip_case(p), f"{p}x", f"{t}/x", f"{t}/"]
-            if len(p) > 1:
-                out.append(p[:-1])
-            return list(dict.fromkeys(out))
-    if "safe_regex" in match:
-        regex = str(match["safe_regex"].get("regex", ""))
-        for pattern, good, bad in REGEX_TEMPLATES:
-            if pattern == regex:
-                return [*good, *bad]
-    return ["/", "/x"]
-
-
-def boundary_requests(route_config: dict[str, Any]) -> list[GeneratedRequest]:
-    """Requests around every route of ``route_config`` for every domain form of its host.
-
-    For real configs (the Istio dumps): each route's boundary paths, sent with each virtual
-    host's domains and their near misses (case flip, port toggled), plus unknown hosts.
-    """
-    gen = _Gen(0)
-    out: list[GeneratedRequest] = []
-    for vh in route_config.get("virtual_hosts", []):
-        domains = [str(d) for d in vh.get("domains", [])]
-        probes = gen.authority_probes(domains, 80)
-        for i, r in enumerate(vh.get("routes", [])):
-            tag = r.get("name") or f"{vh.get('name')}/#{i}"
-            for path in boundary_paths(r.get("match", {})):
-                for host, note in probes:
-                    out.append(GeneratedRequest("GET", host, path, {}, f"{tag}: {note} {path}"))
-    for host in UNKNOWN_HOSTS:
-        out.append(GeneratedRequest("GET", host, "/", {}, "unknown host"))
-    return out
