@@ -71,3 +71,21 @@ def test_package_builds_from_the_image_context_and_runs(tmp_path: Path) -> None:
                          timeout=60, cwd=tmp_path, env=env, check=False)
     assert run.returncode == 0, run.stderr
     assert "--xds-server" in run.stdout
+
+    # `sockmesh ab` and `sockmesh bench` run Envoy and generate requests with the installed
+    # code alone (tests/unit/test_packaging.py keeps the test tree out of every import); with
+    # no Envoy anywhere, the error says how to give one
+    probe = ("from integration import ab, envoy; from integration.bench import control; "
+             "from integration.commands import bench; "
+             "from integration.requestgen import boundary_requests; "
+             "rc = {'virtual_hosts': [{'name': 'a', 'domains': ['a'], 'routes': ["
+             "{'match': {'prefix': '/x'}, 'route': {'cluster': 'c'}}]}]}; "
+             "assert boundary_requests(rc); "
+             "assert envoy.envoy_binary() is None, envoy.envoy_binary(); "
+             "envoy.find_envoy()")
+    env = {k: v for k, v in env.items() if k != "SOCKMESH_ENVOY"}
+    env["PATH"] = str(Path(sys.executable).parent)
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path, env=env, check=False)
+    assert run.returncode == 1, run.stderr
+    assert "EnvoyError: Envoy binary not found: pass --envoy PATH" in run.stderr, run.stderr
