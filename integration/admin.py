@@ -1,5 +1,6 @@
 """The agent's loopback admin endpoint: ``/metrics`` (Prometheus), ``/status`` (JSON),
-``/ids`` (kernel id -> name, for ``sockmesh dump``).
+``/ids`` (kernel id -> name, for ``sockmesh dump``), ``/healthz`` (liveness: the event loop
+answers) and ``/ready`` (readiness: 200 once the first config is applied, 503 before).
 
 One small asyncio HTTP/1.0 server in the agent's event loop, bound to 127.0.0.1 by default
 (the ``--metrics-addr`` of ``sockmesh run``).  ``sockmesh status`` reads ``/status`` from it;
@@ -66,7 +67,21 @@ class AdminServer:
             return 200, "application/json", body.encode()
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
-        return 404, "text/plain", b"not found: try /metrics or /status\n"
+        if path == "/ready":
+            return self._ready()
+        return 404, "text/plain", b"not found: try /metrics, /status, /ready or /healthz\n"
+
+    def _ready(self) -> tuple[int, str, bytes]:
+        """200 once a config from the control server has been applied (like Envoy's /ready
+        after its initial fetch), else 503 with what is still missing."""
+        applied = getattr(self.agent, "applied", None)
+        if applied is not None:
+            versions = " ".join(f"{k}={v}" for k, v in sorted(applied.versions.items()))
+            return 200, "text/plain", f"ready: config applied ({versions})\n".encode()
+        st = self.agent.client.status
+        why = ("no xDS stream to " + st.server + (f" ({st.last_error})" if st.last_error else "")
+               if not st.connected else "waiting for the first complete config")
+        return 503, "text/plain", f"not ready: {why}\n".encode()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -79,7 +94,8 @@ class AdminServer:
             else:
                 # rendering reads kernel maps: keep it off the event loop
                 status, ctype, body = await asyncio.to_thread(self.render, target)
-            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}[status]
+            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
+                      503: "Service Unavailable"}[status]
             writer.write(f"HTTP/1.0 {status} {reason}\r\nContent-Type: {ctype}\r\n"
                          f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
             if method != "HEAD":

@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.error
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -167,6 +168,14 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
+def _get_status(port: int, path: str) -> tuple[int, str]:
+    """(HTTP status, body) of a GET on the agent's admin port, 5xx included."""
+    try:
+        return 200, http_get(port, path)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
 def test_run_unreachable_server_keeps_retrying_and_says_so() -> None:
     dead = free_port()
     admin = free_port()
@@ -180,6 +189,10 @@ def test_run_unreachable_server_keeps_retrying_and_says_so() -> None:
              WAIT, "three xDS stream attempts")
         r = run_cli("status", "--admin-addr", f"127.0.0.1:{admin}")
         assert r.returncode == 0 and "NOT connected" in r.stdout, r.stdout
+        # alive, but not ready: nothing applied yet, and /ready says why
+        assert http_get(admin, "/healthz") == "ok\n"
+        code, body = _get_status(admin, "/ready")
+        assert code == 503 and f"no xDS stream to 127.0.0.1:{dead}" in body, (code, body)
     finally:
         code, _, err = _stop(proc)
     assert code == 0, err
@@ -201,6 +214,8 @@ def test_run_and_status_report_what_the_server_sent() -> None:
             st = await asyncio.to_thread(poll, synced, START, "the agent synced to the new server")
             for short in ("LDS", "RDS", "CDS", "EDS"):
                 assert st["xds"]["types"][short]["version"] == srv.version
+            code, body = await asyncio.to_thread(_get_status, admin, "/ready")
+            assert code == 200 and f"CDS={srv.version}" in body, (code, body)
             r = await asyncio.to_thread(run_cli, "status", "--admin-addr",
                                         f"127.0.0.1:{admin}")
             assert r.returncode == 0, r.stderr
