@@ -14,6 +14,7 @@ as an opaque stream to an endpoint of the route the service's catch-all request 
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import struct
 import threading
@@ -25,16 +26,22 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bpf import layout as L
-from bpf.lb import Picker
+from bpf.lb import Picker, usable_hosts
 from bpf.maps import PinnedMap
 from translator import model
-from translator.tables import Tables
+from translator.tables import Cluster, Endpoint, Tables
 
 log = logging.getLogger(__name__)
 
 HEAD_MAX = 60 * 1024  # Envoy's default max_request_headers_kb
 PENDING_FAIL_S = 5.0  # how long a 503 waits for its connection to be accepted
 IO_TIMEOUT = 10.0
+# A refused or failed upstream connect is retried on another host of the cluster, as Istio's
+# default route retry policy makes Envoy do (retry_on connect-failure,..., num_retries 2, the
+# previous_hosts predicate with host_selection_retry_max_attempts 5, back-off base 25 ms).
+CONNECT_ATTEMPTS = 3
+HOST_SELECTION_ATTEMPTS = 5
+RETRY_BASE = 0.025
 METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE",
            b"CONNECT")
 MAX_HEADERS = 100  # Envoy's default max_headers_count
@@ -47,6 +54,10 @@ _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHI
 
 class NotHttp(Exception):
     """The bytes are not an HTTP/1.x request."""
+
+
+class ConnectFailed(Exception):
+    """No connection to the upstream could be made: nothing was sent, safe to retry."""
 
 
 class BadRequest(Exception):
@@ -415,35 +426,81 @@ class SpliceListener:
             conn.sendall(local_reply(d.status or 404, d.location, d.body or ""))
             return
         cluster = self.tables.clusters.get(cluster_name)
-        ep = self.picker.pick(cluster) if cluster is not None else None
-        if ep is None:
-            self._count("no_healthy_upstream")
-            conn.sendall(local_reply(503, body="no healthy upstream"))
+        tried: set[tuple[str, int]] = set()
+        error: ConnectFailed | None = None
+        for attempt in range(CONNECT_ATTEMPTS):
+            ep = self._pick_untried(cluster, tried) if cluster is not None else None
+            if ep is None:
+                self._count("no_healthy_upstream")
+                conn.sendall(local_reply(503, body="no healthy upstream"))
+                return
+            addr = (ep.address, ep.port)
+            try:
+                resp = self._exchange(addr, req, upstreams)
+            except ConnectFailed as exc:
+                # connect-failure: retried on another host of the cluster (below)
+                self._count("upstream_connect_error")
+                tried.add(addr)
+                error = exc
+                if attempt + 1 < CONNECT_ATTEMPTS:
+                    # fully jittered exponential back-off: retry n waits up to (2^n - 1) base
+                    self._count("retried")
+                    time.sleep(random.uniform(0, RETRY_BASE * (2 ** (attempt + 1) - 1)))
+                continue
+            except (EOFError, OSError) as exc:
+                # reset after the request was sent: not retried (Istio's default retry_on
+                # has no "reset"); 503 as Envoy, the client's connection stays usable
+                self._count("upstream_reset")
+                conn.sendall(local_reply(503, body=f"upstream reset before response: {exc}"))
+                return
+            self._count("proxied")
+            conn.sendall(resp)
             return
-        addr = (ep.address, ep.port)
-        for attempt in range(2):  # a pooled upstream may have been closed meanwhile
-            if addr not in upstreams:
-                try:
-                    s = socket.create_connection(addr, timeout=IO_TIMEOUT)
-                except OSError as exc:
-                    # as Envoy: 503 on this request, the client's connection stays usable
-                    self._count("upstream_connect_error")
-                    conn.sendall(local_reply(503, body=f"upstream connect error: {exc}"))
-                    return
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                upstreams[addr] = (s, bytearray())
+        # as Envoy: 503 on this request, the client's connection stays usable
+        self._count("upstream_connect_failed")
+        conn.sendall(local_reply(503, body=f"upstream connect error: {error}"))
+
+    def _pick_untried(self, cluster: Cluster, tried: set[tuple[str, int]]) -> Endpoint | None:
+        """An endpoint by the cluster's policy, re-picked up to HOST_SELECTION_ATTEMPTS
+        times while it is one already tried (Envoy's previous_hosts retry predicate); then
+        the first usable host not tried yet, or the last pick when all were tried."""
+        ep = None
+        for _ in range(HOST_SELECTION_ATTEMPTS):
+            ep = self.picker.pick(cluster)
+            if ep is None or (ep.address, ep.port) not in tried:
+                return ep
+        rest = [h for h in usable_hosts(cluster) if (h.address, h.port) not in tried]
+        return rest[0] if rest else ep
+
+    @staticmethod
+    def _exchange(addr: tuple[str, int], req: ParsedRequest,
+                  upstreams: dict[tuple[str, int], tuple[socket.socket, bytearray]]) -> bytes:
+        """Send ``req`` to ``addr`` and read its response, on this connection's kept upstream
+        socket to it, or on a new one when it has none or the kept one turns out closed.
+        ConnectFailed: no connection could be made (nothing was sent); OSError/EOFError:
+        the new connection failed after the request was sent."""
+        if addr in upstreams:
             s, ubuf = upstreams[addr]
             try:
                 s.sendall(req.raw)
-                resp = read_response(s, ubuf, req.method)
-                break
-            except (EOFError, OSError):
+                return read_response(s, ubuf, req.method)
+            except (EOFError, OSError):  # closed by the upstream since the last request
                 s.close()
                 del upstreams[addr]
-                if attempt:
-                    raise
-        self._count("proxied")
-        conn.sendall(resp)
+        try:
+            s = socket.create_connection(addr, timeout=IO_TIMEOUT)
+        except OSError as exc:
+            raise ConnectFailed(f"{addr[0]}:{addr[1]}: {exc}") from exc
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ubuf = bytearray()
+        upstreams[addr] = (s, ubuf)
+        try:
+            s.sendall(req.raw)
+            return read_response(s, ubuf, req.method)
+        except (EOFError, OSError):
+            s.close()
+            del upstreams[addr]
+            raise
 
     def _relay_opaque(self, conn: socket.socket, buf: bytearray, st: L.Client | None) -> None:
         """Not HTTP/1.x: relay the stream to the endpoint the service's catch-all would use."""

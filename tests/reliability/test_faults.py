@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import signal
 import time
 from collections import Counter
@@ -105,45 +106,88 @@ def test_control_server_down_reconnects_with_backoff(tmp: Path) -> None:
     assert max(gaps) >= 0.3 and gaps[0] < max(gaps), "gaps do not grow towards the cap"
 
 
+def metric(lm: LiveMesh, name: str, label: str) -> Counter[str]:
+    """The agent's metric ``name`` by the value of ``label`` (other labels summed)."""
+    out: Counter[str] = Counter()
+    for m in re.finditer(rf'^{name}\{{(.*)\}} (\S+)$', lm.agent.metrics(), re.MULTILINE):
+        key = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1))).get(label, "")
+        out[key] += int(float(m.group(2)))
+    return out
+
+
+def slow_outcomes(lm: LiveMesh) -> Counter[str]:
+    return metric(lm, "sockmesh_slow_path_outcomes_total", "outcome")
+
+
 def test_backend_killed_fails_only_in_flight_requests(tmp: Path) -> None:
     """details has two endpoints; details-2 runs in its own process and is SIGKILLed under
-    load.  Requests sent before the kill may fail (in flight on it); after the control
-    plane removes the endpoint, none may."""
+    load.  Only requests in flight at the kill may fail: one that starts after the process
+    is gone must succeed, also before the control plane removes the endpoint.  Meanwhile
+    its pooled connections are dead (FIN/RST), refills are refused, the kernel finds no idle
+    connection to it and hands those requests to the slow path (pool_empty), which retries
+    the refused connect on the other host, as Envoy does under Istio's default retry policy."""
     with live_mesh(tmp, separate=("details-2",)) as lm:
         t = traffic(lm, ["details"], workers=3)
         try:
             wait_requests(lm, 300)
             victim = lm.separate["details-2"]
+            addr = "{}:{}".format(*next(a for a in lm.endpoints()["details"]
+                                        if a[1] == victim.ports["details-2"]))
+            assert addr in metric(lm, "sockmesh_pool_idle_connections", "endpoint")
+            c0, s0 = lm.counters(), slow_outcomes(lm)
             t_kill = time.time()
             victim.proc.send_signal(signal.SIGKILL)
             victim.proc.wait(5)
-            wait_requests(lm, 100)
+            t_dead = time.time()  # its sockets are closed by now (FIN/RST sent)
+            poll(lambda: metric(lm, "sockmesh_pool_idle_connections", "endpoint")[addr] == 0,
+                 5, "no idle pooled connection to the killed backend")
+            t_detected = time.time()
+            scrape = time.time()
+            metric(lm, "sockmesh_pool_idle_connections", "endpoint")
+            scrape = time.time() - scrape
+            wait_requests(lm, 300)
             version = lm.server.set_resources(mesh.mesh_resources(
                 lm.endpoints(without=("details-2",)), REVIEWS_ROUTES))
             st = lm.agent.wait_applied(
                 lambda s: s["config"]["applied"]["versions"]["EDS"] == version)
             applied = st["config"]["applied"]["time"] + st["config"]["applied"]["ms"] / 1000
+            c1, s1 = lm.counters(), slow_outcomes(lm)
             wait_requests(lm, 300)
         finally:
             records = t.stop()
-    # r[4] is when a request started and r[3] its latency in µs: one that started before
-    # the kill and ended after it was in flight at the kill, and may fail
+    # r[4] is when a request started and r[3] its latency in µs
     before = [r for r in records if r[4] + r[3] / 1e6 < t_kill]
-    between = [r for r in records if r[4] < t_kill <= r[4] + r[3] / 1e6
-               or t_kill <= r[4] <= applied]
+    in_flight = [r for r in records if r[4] < t_dead and r[4] + r[3] / 1e6 >= t_kill]
+    between = [r for r in records if t_dead <= r[4] <= applied]
     after = [r for r in records if r[4] > applied]
-    by = Counter(r[1] for r in after)
-    kinds_of_failure = Counter(f"{r[2]} {r[5]}" for r in errors(between))
-    print(f"\nbackend killed: before {len(before)} ({len(errors(before))} failed), between kill "
-          f"and EDS removal {len(between)} ({len(errors(between))} failed), after "
-          f"{len(after)} ({len(errors(after))} failed) {dict(by)}; failures between: "
-          f"{dict(kinds_of_failure)}")
+    since_death = Counter(r[1] for r in records if r[4] >= t_dead)
+    slow = {k: c1[k] - c0[k] for k in ("fast", "pool_empty", "sticky")}
+    retry = {k: s1[k] - s0[k] for k in ("proxied", "upstream_connect_error", "retried",
+                                         "upstream_connect_failed", "upstream_reset")}
+    failed_in_flight = Counter(f"{r[2]} {r[5]}" for r in errors(in_flight))
+    window = applied - t_dead
+    print(f"\nbackend killed: before {len(before)} ({len(errors(before))} failed), in flight "
+          f"at the kill {len(in_flight)} ({len(errors(in_flight))} failed: "
+          f"{dict(failed_in_flight)}), started after its death and before EDS removal "
+          f"{len(between)} ({len(errors(between))} failed), after {len(after)} "
+          f"({len(errors(after))} failed); death seen in the pool after "
+          f"{(t_detected - t_dead) * 1000:.0f} ms (one metrics scrape takes {scrape * 1000:.0f} ms); in the {window:.2f} s until EDS removal "
+          f"the kernel handed {slow['pool_empty']} requests to the slow path (pool_empty, "
+          f"{slow['fast']} fast), slow path {retry}; served since death {dict(since_death)}")
     record("backend_killed", before=len(before), before_failed=len(errors(before)),
+           in_flight=len(in_flight), in_flight_failed=len(errors(in_flight)),
            between=len(between), between_failed=len(errors(between)), after=len(after),
-           after_failed=len(errors(after)), failures_between=dict(kinds_of_failure))
+           after_failed=len(errors(after)), failures_in_flight=dict(failed_in_flight),
+           detected_ms=round((t_detected - t_dead) * 1000), scrape_ms=round(scrape * 1000),
+           window_s=round(window, 2),
+           fast_in_window=slow["fast"], pool_empty_in_window=slow["pool_empty"],
+           slow_path=retry)
     assert not errors(before)
+    assert between and not errors(between), errors(between)[:3]
     assert after and not errors(after), errors(after)[:3]
-    assert by["details-2"] == 0
+    assert since_death["details-2"] == 0 and since_death["details-1"] > 0
+    # the kernel stopped choosing it: requests for it went to the slow path and were retried
+    assert slow["pool_empty"] > 0 and retry["retried"] > 0
 
 
 def test_keepalive_timeout_closes_pool_connections_without_failures(tmp: Path) -> None:
