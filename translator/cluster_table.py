@@ -118,6 +118,9 @@ class ParsedEndpoints:
 
     endpoints: tuple[Endpoint, ...] = ()
     skipped: tuple[str, ...] = ()
+    # ClusterLoadAssignment.policy (Envoy's defaults when absent)
+    overprovisioning_factor: int = 140
+    weighted_priority_health: bool = False
 
 
 def _endpoints(cla: endpoint_pb2.ClusterLoadAssignment, where: str, prefix: str,
@@ -157,7 +160,11 @@ def _endpoints(cla: endpoint_pb2.ClusterLoadAssignment, where: str, prefix: str,
             else:
                 out.append(Endpoint(address=got[0], port=got[1], weight=weight, health=health,
                                     priority=lle.priority, locality=locality))
-    return ParsedEndpoints(tuple(out), tuple(skipped)), unresolved
+    policy = cla.policy
+    factor = (policy.overprovisioning_factor.value
+              if policy.HasField("overprovisioning_factor") else 140)
+    return ParsedEndpoints(tuple(out), tuple(skipped), factor,
+                           policy.weighted_priority_health), unresolved
 
 
 def cla_endpoints(cla: endpoint_pb2.ClusterLoadAssignment) -> ParsedEndpoints:
@@ -246,4 +253,6 @@ def build_cluster(c: cluster_pb2.Cluster, eds_endpoints: ParsedEndpoints | None)
         active_request_bias=bias,
         panic_threshold=panic,
         not_enforced=tuple(dict.fromkeys(not_enforced)),
+        overprovisioning_factor=parsed.overprovisioning_factor,
+        weighted_priority_health=parsed.weighted_priority_health,
     )

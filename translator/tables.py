@@ -258,6 +258,11 @@ class Cluster:
     active_request_bias: float = 1.0
     panic_threshold: float = 50.0
     not_enforced: tuple[str, ...] = ()
+    # ClusterLoadAssignment.policy: a level counts as fully available once
+    # healthy share x overprovisioning_factor / 100 reaches 100 (Envoy default 140), and
+    # weighted_priority_health counts hosts by weight instead of one each
+    overprovisioning_factor: int = 140
+    weighted_priority_health: bool = False
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,10 @@ def test_usable_hosts_health_priority_and_panic() -> None:
     drain = Endpoint(d.address, d.port, health=Health.DRAINING)
     cl = Cluster("x", LbPolicy.ROUND_ROBIN, (a, b, sick, drain), panic_threshold=40)
     assert usable_hosts(cl) == [a, b]  # 50% healthy >= 40%: no panic
-    cl = Cluster("x", LbPolicy.ROUND_ROBIN, (a, sick, drain), panic_threshold=50)
-    assert usable_hosts(cl) == [a, sick, drain]  # 33% < 50%: panic uses every host
+    # DRAINING does not count (Envoy excludes it): 1 of 2 healthy = 50% < 51%: panic uses
+    # every host, the draining one too
+    cl = Cluster("x", LbPolicy.ROUND_ROBIN, (a, sick, drain), panic_threshold=51)
+    assert usable_hosts(cl) == [a, sick, drain]
     p1 = Endpoint(b.address, b.port, priority=1)
     cl = Cluster("x", LbPolicy.ROUND_ROBIN, (sick, p1))
     assert usable_hosts(cl) == [p1]  # level 0 has no healthy host
