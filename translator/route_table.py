@@ -140,9 +140,7 @@ def _header_matcher(hm: rc.HeaderMatcher, where: str, field: str) -> ValueMatch:
                       hm.safe_regex_match)
         return ValueMatch(name, StringKind.REGEX, hm.safe_regex_match.regex, **common)
     if which == "range_match":
-        r = hm.range_match
-        if r.start > r.end:
-            raise TranslationError(where, f"{field}.range_match: start {r.start} > end {r.end}")
+        r = hm.range_match  # start >= end is accepted, as Envoy does: an empty range
         return ValueMatch(name, StringKind.RANGE, range_start=r.start, range_end=r.end, **common)
     kind, value, ignore_case = _string_matcher(hm.string_match, where, f"{field}.string_match")
     return ValueMatch(name, kind, value, ignore_case=ignore_case, **common)
@@ -210,7 +208,10 @@ def _weighted(wc: rc.WeightedCluster, where: str, field: str,
             slow.append("weighted_clusters.cluster_header")
         elif not cw.name:
             raise TranslationError(where, f"{f}.name: cluster name or cluster_header is required")
-        weight = cw.weight.value if cw.HasField("weight") else 0
+        if not cw.HasField("weight"):
+            raise TranslationError(where, f"{f}.weight: missing (every weighted cluster needs "
+                                   "a weight)")
+        weight = cw.weight.value
         entries.append(WeightedCluster(cw.name or "", weight))
         not_enforced.extend(_unhandled(cw, _CLUSTER_WEIGHT_HANDLED | {"cluster_header"},
                                        "weighted_clusters.clusters."))
@@ -375,15 +376,10 @@ def _check_domains(rc_msg: route_pb2.RouteConfiguration, where: str) -> None:
                                    "is required")
         for di, raw in enumerate(vh.domains):
             field = f"virtual_hosts[{vi}].domains[{di}]"
+            # '*' is a wildcard only as the first (checked first) or last character; anywhere
+            # else Envoy takes it literally ('a.*.b' is exact, '*.*' the suffix '.*'), and so
+            # does domain_kind
             domain = raw.lower()
-            # '*' is a wildcard only as the first or last character; elsewhere Envoy would
-            # take it literally and the domain could never match a valid Host header
-            inner = domain.removeprefix("*")
-            inner = inner[:-1] if inner.endswith("*") and domain != "*" else inner
-            if "*" in inner or (domain.startswith("*") and domain.endswith("*")
-                                and domain != "*"):
-                raise TranslationError(where, f"{field}: bad wildcard in domain {raw!r} ('*' "
-                                       "only as the whole domain, first or last character)")
             if domain in seen:
                 raise TranslationError(where, f"{field}: duplicate domain {raw!r} (also in "
                                        f"virtual_hosts[{seen[domain]}]); domains must be "

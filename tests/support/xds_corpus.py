@@ -302,9 +302,11 @@ def corpus() -> list[XdsCase]:
             "virtual_hosts[1].name", "")), ("name",)),
         XdsCase("rds_duplicate_domain", "duplicate name", R,
                 replace(R, ROUTE_NAME, _dup_domain), ("domain",)),
-        XdsCase("rds_domain_inner_wildcard", "bad value", R, replace(R, ROUTE_NAME, _rc(
-            lambda rc: rc.virtual_hosts[1].domains.append("a*b.example"))),  # type: ignore[attr-defined]
-            ("domain", "wildcard")),
+        XdsCase("rds_weighted_missing_weight", "missing field", R, replace(
+            R, ROUTE_NAME, lambda rc: (_weighted([("reviews-v1", 1), ("reviews-v3", 1)])(rc),
+                                       rc.virtual_hosts[2].routes[3].route  # type: ignore[attr-defined]
+                                       .weighted_clusters.clusters[0].ClearField("weight"))),
+            ("weight", "missing")),
         XdsCase("rds_dangling_cluster", "dangling reference", R,
                 replace(R, ROUTE_NAME, _validate_and_route_to("no-such-cluster")),
                 ("no-such-cluster",)),
