@@ -1,11 +1,13 @@
 /* lb.h - endpoint choice with Envoy's load-balancer semantics, shared by sk_msg (per request)
  * and connect4 (L4 services).
  *
- * User space (bpf/lb.py) already did what need not run per request: it kept only the hosts of
- * the lowest priority level that has healthy hosts (or all of them in panic), dropped
- * unhealthy/draining hosts, and for weighted ROUND_ROBIN wrote a smooth weighted round-robin
- * ring whose length is the sum of the reduced weights, so one pass of the ring is exactly
- * proportional.  The kernel only indexes the ring or samples the host list.
+ * User space (bpf/lb.py) already did what need not run per request: it computed Envoy's
+ * priority load (overprovisioning factor, degraded hosts, panic) and kept the hosts that can
+ * get traffic; for weighted ROUND_ROBIN, and for ROUND_ROBIN/RANDOM traffic spilling over
+ * several priority levels, it wrote a smooth weighted round-robin ring whose entries are in
+ * exact proportion to each host's share, so one pass of the ring (or a uniform index into
+ * it) gives Envoy's split.  LEAST_REQUEST spilling over levels is SM_CL_USER.  The kernel
+ * only indexes the ring or samples the host list.
  */
 #ifndef SOCKMESH_LB_H
 #define SOCKMESH_LB_H

@@ -81,7 +81,7 @@
 #define SM_LB_RANDOM 2
 #define SM_LB_LEAST_REQUEST 3
 
-#define SM_CL_USABLE 1                 /* has hosts in the chosen priority */
+#define SM_CL_USABLE 1                 /* has hosts that can get traffic */
 #define SM_CL_EQUAL_WEIGHTS 2
 #define SM_CL_USER 4                   /* a limit was exceeded: route in user space */
 
@@ -415,8 +415,9 @@ BPF_TABLE_PINNED("hash", __u64, __u32, sm_hdrslots_v1, 256, SM_PIN(sm_hdrslots_v
 /* cluster id -> LB policy and host count.  Writer: encoder. */
 BPF_TABLE_PINNED("array", __u32, struct sm_cluster, sm_clusters_v1, SM_MAX_CLUSTERS,
 		 SM_PIN(sm_clusters_v1));
-/* cluster id * SM_HOSTS_PER_CLUSTER + i -> host (usable priority only; a smooth weighted
- * round-robin ring for weighted ROUND_ROBIN).  Writer: encoder. */
+/* cluster id * SM_HOSTS_PER_CLUSTER + i -> host (bpf/lb.py plan: the hosts that get traffic;
+ * a smooth weighted round-robin ring for weighted ROUND_ROBIN or a priority spill).
+ * Writer: encoder. */
 BPF_TABLE_PINNED("array", __u32, struct sm_host, sm_hosts_v1,
 		 SM_MAX_CLUSTERS * SM_HOSTS_PER_CLUSTER, SM_PIN(sm_hosts_v1));
 /* cluster id -> round-robin position.  Writer: sk_msg and connect4 (atomic add). */

@@ -127,3 +127,53 @@ def test_least_request_steers_away_from_slow_endpoint(mesh: Mesh, client: Client
     assert hits["slow"] / total < limit_share, hits
     after = mesh.counters()
     assert after["fast"] - before["fast"] >= 0.9 * total
+
+
+def _spill(bs: list, policy: LbPolicy) -> Cluster:
+    """P=0: one or two healthy hosts and as many unhealthy ones (50% healthy: 70% of the
+    traffic at overprovisioning 140); P=1: one healthy host takes the other 30%."""
+    half = len(bs) - 1
+    eps = [Endpoint(b.host, b.port, priority=0,
+                    health=Health.HEALTHY if i < half // 2 else Health.UNHEALTHY)
+           for i, b in enumerate(bs[:half])]
+    eps.append(Endpoint(bs[-1].host, bs[-1].port, priority=1))
+    return Cluster(f"spill-{policy.value.lower()}", policy, tuple(eps))
+
+
+def test_round_robin_spills_over_priorities_exactly(mesh: Mesh, client: Client,
+                                                    backends) -> None:
+    bs = make_backends(backends, "s0", "down", "s1")
+    _apply(mesh, _spill(bs, LbPolicy.ROUND_ROBIN))
+    before = mesh.counters()
+    hits = _hits(client, 300)  # 30 cycles of the 10-entry ring (7 x P=0, 3 x P=1)
+    assert hits == {"s0": 210, "s1": 90}
+    _fast_only(mesh, before, 300)
+
+
+def test_random_spills_over_priorities_by_load(mesh: Mesh, client: Client, backends) -> None:
+    bs = make_backends(backends, "q0", "q1", "down0", "down1", "q2")
+    _apply(mesh, _spill(bs, LbPolicy.RANDOM))
+    before = mesh.counters()
+    n = 1000
+    hits = _hits(client, n)
+    expected = {"q0": 0.35 * n, "q1": 0.35 * n, "q2": 0.30 * n}
+    assert set(hits) == set(expected), hits
+    chi2 = sum((hits[k] - e) ** 2 / e for k, e in expected.items())
+    assert chi2 < 13.82, (chi2, hits)  # df=2, p=0.001
+    _fast_only(mesh, before, n)
+
+
+def test_least_request_spill_goes_to_user_space(mesh: Mesh, client: Client, backends) -> None:
+    bs = make_backends(backends, "l0", "down", "l1")
+    _apply(mesh, _spill(bs, LbPolicy.LEAST_REQUEST))
+    assert mesh.dp.encoder is not None
+    assert any("priority spill" in r and "LEAST_REQUEST" in r for r in mesh.dp.encoder.user_reasons)
+    before = mesh.counters()
+    n = 400
+    hits = _hits(client, n)
+    after = mesh.counters()
+    assert after["fast"] == before["fast"]
+    assert after["limit"] > before["limit"]
+    assert set(hits) == {"l0", "l1"} and sum(hits.values()) == n, hits
+    sd = (n * 0.7 * 0.3) ** 0.5
+    assert abs(hits["l0"] - 0.7 * n) < 5 * sd, hits
