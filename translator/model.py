@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import re
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +37,14 @@ from translator.tables import (
     ActionKind,
     Cluster,
     PathKind,
+    ANY_PORT,
+    WILDCARD_VIP,
     RouteTable,
     Rule,
+    Service,
+    ServiceKind,
     StringKind,
+    Tables,
     ValueMatch,
     VirtualHost,
     WeightedCluster,
@@ -433,6 +438,11 @@ def _rewritten_path(rule: Rule, full_path: str) -> str:
         if pm.kind is PathKind.REGEX:
             matched = len(full_path.split("?", 1)[0])
         else:
+            # with ignore_path_parameters the prefix may have matched a path whose ';params'
+            # sit inside it: the path as sent does not start with the prefix, and Envoy then
+            # leaves it unchanged
+            if not full_path.lower().startswith(pm.value.lower()):
+                return full_path
             matched = len(pm.value)
         return spec.prefix_rewrite + full_path[matched:]
     if spec.regex_rewrite is not None:
@@ -558,3 +568,52 @@ def route(table: RouteTable, request: Request,
     vh = select_virtual_host(table, request.authority)
     index = _last_match(table, vh, request) if vh is not None else None
     return decide(table, vh, index, request, clusters)
+
+
+# connect4 never refuses a connect to 127.0.0.1 (Istio's iptables rules leave it alone)
+NEVER_REFUSED = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ConnectDecision:
+    """What connect4 does with a TCP connect() from the mesh cgroup to ``vip:port``.
+
+    ``verdict``: "http" (to the splice listener, routed per request on ``service``'s route
+    table), "tcp" (to an endpoint of ``service``'s cluster; left alone when it has none),
+    "refused" (a BLACKHOLE entry: connect() fails with EPERM) or "pass" (no entry, or an
+    exempt address: the connect is left alone).
+    """
+
+    verdict: str
+    service: Service | None
+    why: str
+
+
+def connect_target(services: Iterable[Service], vip: str, port: int) -> Service | None:
+    """The entry connect4 takes for ``vip:port``: exact, then ``0.0.0.0:port``, then
+    ``0.0.0.0:ANY_PORT`` (the policy for destinations nothing else matches)."""
+    by_key = {(s.vip, s.port): s for s in services}
+    for key in ((vip, port), (WILDCARD_VIP, port), (WILDCARD_VIP, ANY_PORT)):
+        svc = by_key.get(key)
+        if svc is not None:
+            return svc
+    return None
+
+
+def decide_connect(tables: Tables, vip: str, port: int,
+                   splice: tuple[str, int] | None = None) -> ConnectDecision:
+    """connect4's decision for a TCP connect to ``vip:port`` (``splice``: the agent's splice
+    listener, never refused)."""
+    svc = connect_target(tables.services, vip, port)
+    if svc is None:
+        return ConnectDecision("pass", None, "no service entry: the connect is left alone")
+    if svc.kind is ServiceKind.HTTP:
+        return ConnectDecision("http", svc, f"to the splice listener; requests routed on route "
+                                            f"table {svc.route_table}")
+    if svc.kind is ServiceKind.TCP:
+        return ConnectDecision("tcp", svc, f"to an endpoint of cluster {svc.cluster} (left "
+                                           "alone when it has no usable endpoint)")
+    if vip == NEVER_REFUSED or (vip, port) == splice:
+        return ConnectDecision("pass", svc, f"{vip} is exempt from {svc.cluster}")
+    return ConnectDecision("refused", svc, f"{svc.cluster} (listener {svc.listener}): "
+                                           "connect() fails with EPERM")
