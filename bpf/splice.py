@@ -366,6 +366,10 @@ class SpliceListener:
             self.fail_client(key)
         buf = bytearray()
         upstreams: dict[tuple[str, int], tuple[socket.socket, bytearray]] = {}
+        # sockops wrote the connection's state before the accept; sm_clients_v2 is an LRU
+        # map, so a full map may evict it later: then sk_msg passes every request here and
+        # the slow path routes it with the state it read now
+        first = self.clients.get(key)
         try:
             while True:
                 if not buf:
@@ -373,6 +377,9 @@ class SpliceListener:
                     _recv_more(conn, buf)
                 conn.settimeout(IO_TIMEOUT)
                 st = self.clients.get(key)
+                if st is None and first is not None:
+                    self._count("client_state_evicted")
+                    st = first
                 try:
                     req = read_request(conn, buf)
                 except NotHttp:

@@ -249,3 +249,125 @@ def test_rule_table_over_the_kernel_limit_goes_to_slow_path(tmp: Path) -> None:
     assert not errors(records)
     assert limit_hits > 0
     assert set(reviews) == {"reviews-v1-1"}  # /reviews matches the catch-all, as in Envoy
+
+
+def test_cluster_over_the_kernel_host_limit_goes_to_slow_path(tmp: Path) -> None:
+    """A cluster with more endpoints than the kernel's host array holds
+    (SM_HOSTS_PER_CLUSTER) is flagged user-space by the encoder: its requests are routed
+    by the slow path over all its endpoints, none fails."""
+    from bpf.limits import limit
+    from tests.e2e.agent_harness import Backends
+
+    n = limit("HOSTS_PER_CLUSTER") + 4
+    big = Backends([(f"big-{i}", f"127.31.{i // 200}.{i % 200 + 1}") for i in range(n)])
+    try:
+        with live_mesh(tmp) as lm:
+            eps = lm.endpoints()
+            eps["details"] = [big.addr(name) for name in big.ports]
+            version = lm.server.set_resources(mesh.mesh_resources(eps, REVIEWS_ROUTES))
+            lm.agent.wait_applied(lambda s: s["config"]["applied"]["versions"]["EDS"] == version,
+                                  timeout=60)
+            before = lm.counters()
+            t = traffic(lm, ["details", "productpage"])
+            try:
+                wait_requests(lm, 400)
+            finally:
+                records = t.stop()
+            after = lm.counters()
+    finally:
+        big.stop()
+    limit_hits = after["limit"] - before["limit"]
+    sticky = after["sticky"] - before["sticky"]  # the connection's next request, still in user
+    details = Counter(r[1] for r in records if r[0] == "details")
+    print(f"\nhost limit: {n} endpoints in one cluster; {len(records)} requests, "
+          f"{len(errors(records))} failed, {limit_hits} handed to the slow path (limit) "
+          f"and {sticky} more (sticky); details went to {len(details)} distinct endpoints")
+    record("cluster_over_host_limit", endpoints=n, requests=len(records),
+           failed=len(errors(records)), slow_path_limit=limit_hits,
+           slow_path_sticky=sticky, distinct_endpoints=len(details))
+    assert not errors(records), errors(records)[:3]
+    assert details and limit_hits > 0 and limit_hits + sticky >= sum(details.values())
+    assert all(name.startswith("big-") for name in details)
+    assert len(details) > 20  # RANDOM over all of them, not a kernel-sized subset
+
+
+def test_client_state_evicted_from_full_map_goes_to_slow_path(tmp: Path) -> None:
+    """sm_clients_v2 (per application connection, SM_MAX_CLIENTS entries) is an LRU map: when
+    it is full a new connection evicts the least recently used entry.  A connection whose
+    entry was evicted keeps working through the slow path (with the state the slow path read
+    at accept); a new connection still gets the kernel path."""
+    import subprocess
+    import sys
+
+    from bpf import layout as L
+    from bpf.limits import limit
+    from bpf.maps import PinnedMap
+    from integration import cgroups
+    from tests.e2e.agent_harness import ROOT
+
+    details = next(s for s in mesh.SERVICES if s.name == "details")
+    argv = [sys.executable, "-m", "tests.reliability.held_client", details.vip,
+            str(mesh.PORT), f"details:{mesh.PORT}"]
+    procs: list[subprocess.Popen[str]] = []
+
+    def held() -> tuple[subprocess.Popen[str], L.SockKey]:
+        p = cgroups.spawn_in(argv, lm.cgroup, cwd=ROOT, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+        ip, port = json.loads(p.stdout.readline())["local"]  # type: ignore[union-attr]
+        return p, L.SockKey(ip4=int.from_bytes(bytes(map(int, ip.split("."))), "little"),
+                            port=port)
+
+    def ask(p: subprocess.Popen[str]) -> dict[str, Any]:
+        p.stdin.write("/details\n")  # type: ignore[union-attr]
+        p.stdin.flush()  # type: ignore[union-attr]
+        return json.loads(p.stdout.readline())  # type: ignore[no-any-return,union-attr]
+
+    with live_mesh(tmp) as lm:
+        clients = PinnedMap(lm.pin / "sm_clients_v2", L.SockKey, L.Client)
+        try:
+            a, key_a = held()
+            c0 = lm.counters()
+            first = ask(a)
+            assert clients.get(key_a) is not None
+            fast_a = lm.counters()["fast"] - c0["fast"]
+            # fill the map twice over with entries of connections that do not exist; the
+            # LRU keeps entries the programs use (a's was looked up), so remove a's as an
+            # eviction would if the fill did not
+            cap = limit("MAX_CLIENTS")
+            filled = 2 * cap
+            for n in range(filled):
+                clients.set(L.SockKey(ip4=int.from_bytes(bytes((127, 99, n >> 16 & 255,
+                                                                n >> 8 & 255)), "little"),
+                                      port=n & 255 | 1 << 15), L.Client())
+            evicted = clients.get(key_a) is None
+            if not evicted:
+                clients.delete(key_a)
+            s0, c1 = slow_outcomes(lm), lm.counters()
+            again = [ask(a) for _ in range(3)]
+            s1, c2 = slow_outcomes(lm), lm.counters()
+            b, key_b = held()
+            new = ask(b)
+            c3 = lm.counters()
+            b_tracked = clients.get(key_b) is not None
+        finally:
+            for p in procs:
+                p.stdin.close()  # type: ignore[union-attr]
+                p.wait(10)
+                p.stdout.close()  # type: ignore[union-attr]
+            clients.close()
+    via_slow = s1["client_state_evicted"] - s0["client_state_evicted"]
+    print(f"\nclients map full: {filled} entries written, a's entry evicted by them: "
+          f"{evicted}; a "
+          f"before {first}, after {again} ({via_slow} by the slow path, "
+          f"{c2['fast'] - c1['fast']} in kernel); new connection {new} "
+          f"({c3['fast'] - c2['fast']} in kernel)")
+    record("clients_map_full", entries_written=filled, evicted_by_fill=evicted,
+           evicted_connection_requests=len(again),
+           evicted_connection_failed=sum(r.get("status") != 200 for r in again),
+           by_slow_path=via_slow, new_connection_fast=c3["fast"] - c2["fast"])
+    assert first["status"] == 200 and fast_a == 1
+    assert all(r.get("status") == 200 and str(r["backend"]).startswith("details-")
+               for r in again), again
+    assert via_slow == 3 and c2["fast"] == c1["fast"]
+    assert b_tracked and new["status"] == 200 and c3["fast"] - c2["fast"] == 1
