@@ -3,8 +3,12 @@
  * A connect() to a known service VIP:port is rewritten here, before the SYN:
  *  - L7 (HTTP) services go to the agent's splice listener; the original destination is kept
  *    by socket cookie for sockops, which moves it to the per-connection state;
- *  - L4 (TCP) services go straight to an endpoint picked by the cluster's LB policy.
- * Anything else is left alone.
+ *  - L4 (TCP) services go straight to an endpoint picked by the cluster's LB policy;
+ *  - BLACKHOLE entries (Istio's BlackHoleCluster; with vip 0 and port 0 the REGISTRY_ONLY
+ *    policy for destinations no other entry matches) refuse the connect: connect() fails
+ *    with EPERM, except to 127.0.0.1 (Istio's iptables never redirect it) and to the splice
+ *    listener.
+ * Anything else (UDP included) is left alone.
  */
 #include "sockmesh.h"
 #include "lb.h"
@@ -12,6 +16,24 @@
 #ifndef SOCK_STREAM
 #define SOCK_STREAM 1
 #endif
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define SM_LOCALHOST_NET 0x0100007fU /* 127.0.0.1, network order */
+#else
+#define SM_LOCALHOST_NET 0x7f000001U
+#endif
+
+/* 0: refuse the connect (EPERM); 1: leave it alone (an exempt destination) */
+static __always_inline int sm_blackhole(struct bpf_sock_addr *ctx)
+{
+	if (ctx->user_ip4 == SM_LOCALHOST_NET)
+		return 1;
+	__u32 zero = 0;
+	struct sm_config *cfg = sm_config_v1.lookup(&zero);
+	if (cfg && ctx->user_ip4 == cfg->splice_ip && (__u16)ctx->user_port == cfg->splice_port)
+		return 1;
+	sm_count(SM_R_BLACKHOLE);
+	return 0;
+}
 
 int sm_connect4(struct bpf_sock_addr *ctx)
 {
@@ -22,9 +44,15 @@ int sm_connect4(struct bpf_sock_addr *ctx)
 	if (!svc) {
 		key.vip = 0; /* Istio's 0.0.0.0_PORT listeners */
 		svc = sm_services_v1.lookup(&key);
+	}
+	if (!svc) {
+		key.port = 0; /* destinations no entry matches: virtualOutbound's catch-all */
+		svc = sm_services_v1.lookup(&key);
 		if (!svc)
 			return 1;
 	}
+	if (svc->kind == SM_SVC_BLACKHOLE)
+		return sm_blackhole(ctx);
 	if (svc->kind == SM_SVC_HTTP) {
 		__u32 zero = 0;
 		struct sm_config *cfg = sm_config_v1.lookup(&zero);

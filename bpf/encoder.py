@@ -468,6 +468,8 @@ class Encoder:
             if svc.kind is ServiceKind.HTTP:
                 v = L.Service(kind=limit("SVC_HTTP"),
                               id=self.rt_ids.ids.get(svc.route_table or "", 0))
+            elif svc.kind is ServiceKind.BLACKHOLE:  # connect4 refuses the connect
+                v = L.Service(kind=limit("SVC_BLACKHOLE"), id=0)
             else:
                 v = L.Service(kind=limit("SVC_TCP"),
                               id=self.cluster_ids.ids.get(svc.cluster or "", 0))

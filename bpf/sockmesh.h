@@ -56,6 +56,7 @@
 /* ---- enums ---------------------------------------------------------------------------------- */
 #define SM_SVC_HTTP 1
 #define SM_SVC_TCP 2
+#define SM_SVC_BLACKHOLE 3             /* connect refused (EPERM): Istio's BlackHoleCluster */
 
 #define SM_DOM_EXACT 1
 #define SM_DOM_SUFFIX 2                /* "*.foo.com": hash of ".foo.com" */
@@ -117,7 +118,8 @@
 #define SM_R_POOL_FIN 16               /* a backend closed a pooled connection */
 #define SM_R_L4 17                     /* L4 connect rewritten to an endpoint */
 #define SM_R_SCRATCH 18                /* per-CPU scratch taken over by another task */
-#define SM_R_MAX 19
+#define SM_R_BLACKHOLE 19              /* connect refused: BlackHoleCluster (REGISTRY_ONLY) */
+#define SM_R_MAX 20
 
 /* ---- structs (explicit padding; ctypes twins in bpf/layout.py) ----------------------------- */
 
@@ -129,13 +131,13 @@ struct sm_sock_key {
 
 struct sm_svc_key {
 	__u32 vip;      /* net; 0 = any address on this port */
-	__u16 port;     /* net */
+	__u16 port;     /* net; 0 with vip 0 = any destination no other entry matches */
 	__u16 pad;
 };
 
 struct sm_service {
 	__u32 kind;     /* SM_SVC_* */
-	__u32 id;       /* route table id (HTTP) or cluster id (TCP); 0 = none */
+	__u32 id;       /* route table id (HTTP) or cluster id (TCP); 0 = none (BLACKHOLE) */
 };
 
 struct sm_orig_dst {
@@ -248,6 +250,7 @@ struct sm_resp {
 #define SM_RF_LOST 64      /* the backend closed before the response: the agent answers 503 */
 #define SM_RF_IN_CONN 128  /* current header is connection */
 #define SM_RF_CLOSE 256    /* "connection: close": retire the pooled connection after it */
+#define SM_RF_CBAD 512     /* a malformed chunk size line (request: the slow path answers 400) */
 
 /* per application socket; sockops creates it, sk_msg updates it, the slow path clears user */
 struct sm_client {

@@ -33,12 +33,12 @@ import re2
 
 from translator import envoy_request
 from translator.tables import (
+    ANY_PORT,
+    WILDCARD_VIP,
     Action,
     ActionKind,
     Cluster,
     PathKind,
-    ANY_PORT,
-    WILDCARD_VIP,
     RouteTable,
     Rule,
     Service,

@@ -7,11 +7,19 @@ Shapes handled (see Istio's outbound listener layout):
 * per-VIP listeners ``10.x.y.z_PORT`` with ``tcp_proxy`` -> ``Service(vip, PORT, TCP)``;
 * filter chains selected by ``filter_chain_match.prefix_ranges`` (``/32`` -> that VIP,
   ``/0`` -> the listener's address) and ``destination_port``;
-* plain Envoy listeners (an address and an HCM with RDS or an inline route_config).
+* plain Envoy listeners (an address and an HCM with RDS or an inline route_config);
+* a ``tcp_proxy`` to Istio's ``BlackHoleCluster`` -> a BLACKHOLE entry (connect refused);
+* the original-destination dispatcher (``virtualOutbound``, use_original_dst): what Envoy
+  does with destinations no other listener takes is its catch-all chain (the one without
+  match criteria, else ``default_filter_chain``).  ``BlackHoleCluster`` there (Istio's
+  outboundTrafficPolicy REGISTRY_ONLY) -> ``Service("0.0.0.0", ANY_PORT, BLACKHOLE)``;
+  anything else (``PassthroughCluster``: ALLOW_ANY) leaves such connects alone, so the
+  listener is skipped with that reason.  Its chains with match criteria (Istio's
+  ``destination_port: 15001`` loop guard) are ignored.
 
 Skipped with a reason: inbound listeners (``virtualInbound``, traffic_direction INBOUND),
-original-destination dispatchers (``virtualOutbound``, use_original_dst), internal/API/UDP
-listeners, non-IPv4 addresses, TLS-only or SNI chains, chains matching on the source.
+internal/API/UDP listeners, non-IPv4 addresses, TLS-only or SNI chains, chains matching on
+the source.
 """
 
 from __future__ import annotations
@@ -32,11 +40,16 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from translator.errors import TranslationError, resource_label
 from translator.proto_validate import validate_message
-from translator.tables import Service, ServiceKind
+from translator.tables import (
+    ANY_PORT,
+    BLACKHOLE_CLUSTER,
+    WILDCARD_VIP,
+    Service,
+    ServiceKind,
+)
 
 _HCM = hcm_pb2.HttpConnectionManager
 _TCP_PROXY = tcp_proxy_pb2.TcpProxy
-WILDCARD_VIP = "0.0.0.0"
 
 
 @dataclass(frozen=True)
@@ -99,7 +112,9 @@ def _chain_target(chain: listener_components_pb2.FilterChain, listener_name: str
             tcp_skipped = tuple(f"tcp_proxy.{f.name}" for f, _ in tp.ListFields()
                                 if f.name not in _TCP_HANDLED)
             if tp.WhichOneof("cluster_specifier") == "cluster":
-                return ServiceKind.TCP, tp.cluster, None, tcp_skipped
+                kind = ServiceKind.BLACKHOLE if tp.cluster == BLACKHOLE_CLUSTER else \
+                    ServiceKind.TCP
+                return kind, tp.cluster, None, tcp_skipped
             if tp.WhichOneof("cluster_specifier") == "weighted_clusters" and \
                     tp.weighted_clusters.clusters:
                 # L4 weighted splits go to the heaviest cluster; the split is not enforced
@@ -175,7 +190,7 @@ def listener_targets(listener: listener_pb2.Listener) -> ListenerTargets:
     if listener.traffic_direction == base_pb2.INBOUND or name == "virtualInbound":
         return ListenerTargets((), (), "inbound listener (traffic to this node's workloads)")
     if listener.use_original_dst.value:
-        return ListenerTargets((), (), "original-destination dispatcher (use_original_dst)")
+        return _original_dst_targets(listener, where)
     if addr.version != 4:
         return ListenerTargets((), (), f"non-IPv4 address {sa.address}")
     if sa.port_value == 0:
@@ -202,7 +217,7 @@ def listener_targets(listener: listener_pb2.Listener) -> ListenerTargets:
             svc = Service(
                 vip=key[0], port=key[1], kind=kind,
                 route_table=ref if kind is ServiceKind.HTTP else None,
-                cluster=ref if kind is ServiceKind.TCP else None,
+                cluster=ref if kind is not ServiceKind.HTTP else None,
                 listener=name,
                 not_enforced=skipped,
             )
@@ -215,6 +230,28 @@ def listener_targets(listener: listener_pb2.Listener) -> ListenerTargets:
                                "tcp_proxy")
     services = tuple(svc for _, svc in chosen.values())
     return ListenerTargets(services, tuple(sorted(inline.items())))
+
+
+def _original_dst_targets(listener: listener_pb2.Listener, where: str) -> ListenerTargets:
+    """An original-destination dispatcher: its catch-all chain decides what happens to
+    destinations no other listener takes (Envoy picks the chain without match criteria,
+    else ``default_filter_chain``)."""
+    reason = "original-destination dispatcher (use_original_dst)"
+    chains = [(f"filter_chains[{i}]", c) for i, c in enumerate(listener.filter_chains)
+              if not c.filter_chain_match.ListFields()]
+    if listener.HasField("default_filter_chain"):
+        chains.append(("default_filter_chain", listener.default_filter_chain))
+    if not chains:
+        return ListenerTargets((), (), f"{reason} without a catch-all chain")
+    field, chain = chains[0]
+    target = _chain_target(chain, listener.name, where, field)
+    if target is None or target[0] is not ServiceKind.BLACKHOLE:
+        dest = f" ({target[1]})" if target is not None else ""
+        return ListenerTargets((), (), f"{reason}: connects that match no service are left "
+                               f"alone{dest}")
+    svc = Service(vip=WILDCARD_VIP, port=ANY_PORT, kind=ServiceKind.BLACKHOLE,
+                  cluster=BLACKHOLE_CLUSTER, listener=listener.name, not_enforced=target[3])
+    return ListenerTargets((svc,), ())
 
 
 def inline_table_names(

@@ -206,10 +206,21 @@ class RouteTable:
 
 
 class ServiceKind(str, Enum):
-    """L7 (routed per request) or L4 (endpoint chosen at connect)."""
+    """L7 (routed per request), L4 (endpoint chosen at connect) or refused at connect."""
 
     HTTP = "http"  # L7: routed per request with route_table
     TCP = "tcp"  # L4: endpoint chosen at connect time from cluster
+    # refused at connect (connect() fails with EPERM): tcp_proxy to Istio's BlackHoleCluster
+    BLACKHOLE = "blackhole"
+
+
+# Istio's well-known clusters: no endpoints (connections are reset) / the original destination
+BLACKHOLE_CLUSTER = "BlackHoleCluster"
+PASSTHROUGH_CLUSTER = "PassthroughCluster"
+# Service.port of the entry for destinations no other entry matches (Istio's virtualOutbound
+# catch-all chain); only a BLACKHOLE entry is ever written there (REGISTRY_ONLY)
+ANY_PORT = 0
+WILDCARD_VIP = "0.0.0.0"  # Service.vip of an entry for any destination address
 
 
 @dataclass(frozen=True)
@@ -217,7 +228,8 @@ class Service:
     """Destination VIP:port -> how the datapath treats connections to it.
 
     ``vip`` is a dotted IPv4 string; "0.0.0.0" means any destination on that port (Istio's
-    ``0.0.0.0_PORT`` outbound listeners).  More specific entries win over the wildcard.
+    ``0.0.0.0_PORT`` outbound listeners).  More specific entries win over the wildcard, and
+    ("0.0.0.0", ANY_PORT) is taken only when neither matches (translator.model.connect_target).
     """
 
     vip: str
