@@ -2,7 +2,7 @@
 
     dp = Datapath([cgroup], pin_dir)   # splice_addr="10.0.0.5": listen on the node IP
     dp.load()                  # splice listener, programs, maps, pools, slow path
-    dp.apply(tables)           # translator.Tables -> maps (diffs) -> pools follow
+    dp.apply(tables, diff)     # translator.Tables (+ TablesDiff) -> maps; pools follow
     dp.counters()              # {"fast": n, "pool_empty": n, ...} summed over CPUs
     dp.dump()                  # the pinned maps rendered readably
     dp.close()                 # detach, close pools and listener, remove pins
@@ -24,6 +24,7 @@ from bpf.loader import Loader
 from bpf.maps import PinnedMap
 from bpf.pools import Pools
 from bpf.splice import SpliceListener
+from translator.table_builder import TablesDiff
 from translator.tables import Endpoint, Tables
 
 # where the splice listener binds unless told otherwise: applications in this network
@@ -101,19 +102,24 @@ class Datapath:
         self.loader.load()
         return self.loader
 
-    def apply(self, tables: Tables) -> dict[str, int]:
-        """Write ``tables`` as diffs, point the slow path at them, warm the pools."""
+    def apply(self, tables: Tables, diff: TablesDiff | None = None) -> dict[str, int]:
+        """Write ``tables`` as diffs (``diff``: what changed since the last apply, as
+        translator.table_builder gives it; None: computed) and point the slow path at them.
+
+        Never waits for a connect: new endpoints are handed to the pools thread, which
+        warms them; until a pool has an idle connection the kernel hands that endpoint's
+        requests to the slow path (reason pool_empty), which serves them."""
         assert self.encoder is not None and self.pools is not None and self.splice is not None
         self.splice.tables = tables  # the slow path sees new tables before the kernel does
         pools = self.pools
 
-        def warm(endpoints: dict[int, tuple[str, int]]) -> None:
-            # pools of new endpoints are warm before any host list names them
-            pools.set_endpoints(endpoints, drop_missing=False)
-            pools.maintain()
+        def register(new: dict[int, tuple[str, int]]) -> None:
+            if new:  # known to the pools before any host list names them
+                pools.set_endpoints(new, drop_missing=False)
 
-        stats = self.encoder.apply(tables, before_write=warm)
-        pools.set_endpoints(self.encoder.endpoints())  # close pools nothing names any more
+        stats = self.encoder.apply(tables, diff, before_write=register)
+        if stats.removed_endpoints:  # close pools nothing names any more
+            pools.set_endpoints(self.encoder.endpoints())
         self.tables = tables
         return {"writes": stats.writes, "deletes": stats.deletes}
 

@@ -1,9 +1,12 @@
 """Translator tables -> the datapath's maps, written as diffs.
 
 Ids are stable across applies (a route table, virtual host, cluster or endpoint keeps its id
-while it exists; id 0 means none) and every apply writes only entries whose bytes changed,
-then deletes what disappeared.  Order is make-before-break: endpoints, clusters and hosts
-first, then rules, virtual hosts, domains and route tables, services last; removals after.
+while it exists; id 0 means none).  An apply re-encodes only the clusters, route tables and
+services a TablesDiff names, writes only entries whose bytes changed, then deletes what
+disappeared.  Order is make-before-break: endpoints, clusters and hosts first, then rules,
+virtual hosts, domains and route tables, services last; removals after, in reverse.  A freed
+id is reused only from the apply after the next (quarantine), a freed rule range from the
+next apply.
 
 What the kernel cannot evaluate is encoded so that it can never give a wrong answer
 (route.h): a rule with a condition the kernel cannot check is flagged SM_RULE_USER (its
@@ -28,8 +31,10 @@ from bpf.hashing import PARSER_HEADERS, fnv1a64
 from bpf.limits import limit
 from bpf.maps import PinnedMap
 from translator.envoy_request import ADJUSTED
+from translator.table_builder import TablesDiff, diff_tables
 from translator.tables import (
     ActionKind,
+    Cluster,
     LbPolicy,
     PathKind,
     RouteTable,
@@ -105,13 +110,16 @@ def ip_str(v: int) -> str:
 
 
 class IdAllocator:
-    """Stable small ids for names; 0 is never handed out; freed ids are reused."""
+    """Stable small ids for names; 0 is never handed out.  A released id is quarantined:
+    reusable only from the second ``tick()`` after its release (the apply after the next),
+    because in-flight requests and pooled connections may still refer to it meanwhile."""
 
     def __init__(self, limit_: int) -> None:
         self.limit = limit_
         self.ids: dict[Any, int] = {}
         self._free: list[int] = []
         self._quarantine: list[int] = []
+        self._released: list[int] = []
         self._next = 1
 
     def get(self, name: Any) -> int | None:
@@ -127,19 +135,30 @@ class IdAllocator:
         self.ids[name] = i
         return i
 
-    def keep_only(self, names: set[Any]) -> None:
-        """Forget names not in ``names``.  Their ids are reused only after the next call:
-        in-flight requests and pooled connections may still refer to them meanwhile."""
+    def available(self) -> bool:
+        """Whether ``get`` of a new name would give an id now."""
+        return bool(self._free) or self._next < self.limit
+
+    def release(self, name: Any) -> None:
+        i = self.ids.pop(name, None)
+        if i is not None:
+            self._released.append(i)
+
+    def tick(self) -> None:
+        """A new apply starts."""
         self._free.extend(self._quarantine)
-        self._quarantine = []
-        for name in list(self.ids):
-            if name not in names:
-                self._quarantine.append(self.ids.pop(name))
+        self._quarantine, self._released = self._released, []
+
+    def keep_only(self, names: set[Any]) -> None:
+        """Release every name not in ``names``, then ``tick()`` (a whole-set apply)."""
+        for name in [n for n in self.ids if n not in names]:
+            self.release(name)
+        self.tick()
 
 
 class RangeAllocator:
     """Contiguous ranges of a global array, one per owner; a range keeps its place while
-    its length is unchanged.  Freed ranges are reused only by a later apply."""
+    its length is unchanged.  Freed ranges are reused only by a later apply (``tick()``)."""
 
     def __init__(self, size: int, first: int = 1) -> None:
         self.size = size
@@ -152,9 +171,7 @@ class RangeAllocator:
         cur = self.ranges.get(owner)
         if cur is not None and cur[1] == n:
             return cur[0]
-        if cur is not None:
-            self._pending_free.append(cur)
-            del self.ranges[owner]
+        self.release(owner)
         for i, (start, length) in enumerate(self._free):
             if length >= n:
                 self._free[i] = (start + n, length - n)
@@ -167,12 +184,21 @@ class RangeAllocator:
         self.ranges[owner] = (start, n)
         return start
 
-    def finish(self, live: set[Any]) -> None:
-        for owner in list(self.ranges):
-            if owner not in live:
-                self._pending_free.append(self.ranges.pop(owner))
+    def release(self, owner: Any) -> None:
+        cur = self.ranges.pop(owner, None)
+        if cur is not None:
+            self._pending_free.append(cur)
+
+    def tick(self) -> None:
+        """A new apply starts: ranges freed by earlier applies become reusable."""
         self._free = [r for r in self._free if r[1] > 0] + self._pending_free
         self._pending_free = []
+
+    def finish(self, live: set[Any]) -> None:
+        """Release every owner not in ``live``, then ``tick()`` (a whole-set apply)."""
+        for owner in [o for o in self.ranges if o not in live]:
+            self.release(owner)
+        self.tick()
 
 
 @dataclass
@@ -180,10 +206,60 @@ class ApplyStats:
     writes: int = 0
     deletes: int = 0
     per_map: dict[str, int] = field(default_factory=dict)
+    # endpoint id -> address: first named by this apply / no longer named by any cluster
+    added_endpoints: dict[int, tuple[str, int]] = field(default_factory=dict)
+    removed_endpoints: dict[int, tuple[str, int]] = field(default_factory=dict)
+
+
+# map name -> key bytes -> value bytes
+Entries = dict[str, dict[bytes, bytes]]
+
+
+@dataclass
+class _Owned:
+    """The map entries one cluster or route table wrote, and what it holds or names."""
+
+    entries: Entries = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    refs: frozenset[Any] = frozenset()  # endpoints (cluster) / header names (route table)
+    uses: frozenset[str] = frozenset()  # clusters its rules name (route table)
+    vhosts: frozenset[Any] = frozenset()  # its virtual host keys (ids and rule ranges)
+    weighted: frozenset[Any] = frozenset()  # its weighted_clusters keys (ranges)
+    rules: dict[int, tuple[str, str, int]] = field(default_factory=dict)  # rule_index part
+    retry: bool = False  # an id or range was not available: encode it again next apply
+    hdr_short: bool = False  # a header name found no slot: encode again once one is free
+
+
+class _Batch:
+    """The writes and deletes of one apply, flushed map by map (make before break)."""
+
+    def __init__(self) -> None:
+        self.writes: Entries = {n: {} for n in MAPS}
+        self.deletes: dict[str, set[bytes]] = {n: set() for n in MAPS}
+        self.added: dict[int, tuple[str, int]] = {}
+        self.removed: dict[int, tuple[str, int]] = {}
+
+    def replace(self, old: Entries, new: Entries) -> None:
+        """Write what differs from ``old`` in ``new``; delete what ``new`` no longer has."""
+        for name, kv in new.items():
+            cur = old.get(name, {})
+            w = self.writes[name]
+            for kb, vb in kv.items():
+                if cur.get(kb) != vb:
+                    w[kb] = vb
+        for name, kv in old.items():
+            keep = new.get(name, {})
+            self.deletes[name].update(kb for kb in kv if kb not in keep)
 
 
 class Encoder:
-    """Writes Tables into the pinned maps under ``pin_dir`` as diffs."""
+    """Writes Tables into the pinned maps under ``pin_dir`` as diffs.
+
+    Each cluster and route table owns its map entries (``_Owned``); an apply re-encodes
+    only the ones a TablesDiff names (plus route tables naming a cluster that gained or
+    lost its id, and services naming a route table or cluster that did), and writes only
+    their changed entries.  Endpoints are shared by clusters and header slots by route
+    tables: both are reference-counted."""
 
     def __init__(self, pin_dir: Path) -> None:
         self.pin_dir = Path(pin_dir)
@@ -195,13 +271,20 @@ class Encoder:
         self.rule_ranges = RangeAllocator(limit("MAX_RULES"))
         self.weighted_ranges = RangeAllocator(limit("MAX_WEIGHTED"))
         # header name -> id; slot = FIRST_HDR_SLOT + id - 1.  Names no rule uses any more
-        # give their slot back (quarantined for one apply like every other id)
+        # give their slot back (quarantined like every other id)
         self.hdr_ids = IdAllocator(limit("HDR_SLOTS") - FIRST_HDR_SLOT + 1)
-        self._hdr_used: set[str] = set()
-        self._current: dict[str, dict[bytes, bytes]] = {n: {} for n in MAPS}
+        self._hdr_used: set[str] = set()  # header names of the route table being encoded
+        self._retry_now = False  # the owner being encoded lacked an id or a range
+        self._hdr_short = False  # ... or a header slot
+        self._clusters: dict[str, _Owned] = {}
+        self._rts: dict[str, _Owned] = {}
+        self._svcs: dict[bytes, bytes] = {}  # sm_services_v1 as written
+        self._ep_refs: dict[tuple[str, int], int] = {}  # endpoint -> clusters holding it
+        self._hdr_refs: dict[str, int] = {}  # header name -> route tables using it
+        self._cl_users: dict[str, set[str]] = {}  # cluster -> route tables naming it
+        self._retry: dict[str, set[str]] = {"cl": set(), "rt": set(), "hdr": set()}
         # reverse maps for dump and tests: global rule index + 1 -> (table, vhost, rule index)
         self.rule_index: dict[int, tuple[str, str, int]] = {}
-        self.user_reasons: list[str] = []
         self.tables = Tables()
 
     def close(self) -> None:
@@ -219,23 +302,208 @@ class Encoder:
     def route_table_name(self, rt_id: int) -> str | None:
         return next((n for n, i in self.rt_ids.ids.items() if i == rt_id), None)
 
-    def apply(self, tables: Tables,
+    @property
+    def user_reasons(self) -> list[str]:
+        """Why parts of the tables are routed in user space (limits, unsupported features)."""
+        return ([r for n in sorted(self._clusters) for r in self._clusters[n].reasons]
+                + [r for n in sorted(self._rts) for r in self._rts[n].reasons])
+
+    def entry_counts(self) -> dict[str, int]:
+        """Map name -> entries the encoder has written there."""
+        counts = dict.fromkeys(MAPS, 0)
+        for owned in (*self._clusters.values(), *self._rts.values()):
+            for name, kv in owned.entries.items():
+                counts[name] += len(kv)
+        counts["sm_endpoints_v1"] = len(self._ep_refs)
+        counts["sm_hdrslots_v1"] = len(self._hdr_refs)
+        counts["sm_services_v1"] = len(self._svcs)
+        return counts
+
+    @property
+    def _current(self) -> dict[str, range]:
+        # what integration/datapath_info reads for map fill: only len() of each value
+        return {name: range(n) for name, n in self.entry_counts().items()}
+
+    def apply(self, tables: Tables, diff: TablesDiff | None = None,
               before_write: Callable[[dict[int, tuple[str, int]]], None] | None = None
               ) -> ApplyStats:
-        """Make the maps say ``tables``; returns how many entries were written/deleted.
+        """Make the maps say ``tables``, given ``diff`` (what changed since the last apply;
+        None: computed here).  Returns how many entries were written/deleted and which
+        endpoints came and went.
 
-        ``before_write(endpoints)`` runs once ids are assigned and before any map is
-        written: the agent warms pools for new endpoints there (make before break)."""
-        self.user_reasons = []
-        desired: dict[str, dict[bytes, bytes]] = {n: {} for n in MAPS}
-        self._encode_clusters(tables, desired)
-        self._encode_routes(tables, desired)
-        self._encode_services(tables, desired)
+        ``before_write(new_endpoints)`` runs once ids are assigned and before any map is
+        written, with the endpoints no map named before (id -> address)."""
+        if diff is None:
+            diff = diff_tables(self.tables, tables)
+        for ids in (self.rt_ids, self.vh_ids, self.cluster_ids, self.ep_ids, self.hdr_ids):
+            ids.tick()
+        self.rule_ranges.tick()
+        self.weighted_ranges.tick()
+        batch = _Batch()
+        changed_cl = self._apply_clusters(tables, diff, batch)
+        changed_rt = self._apply_route_tables(tables, diff, changed_cl, batch)
+        self._apply_services(tables, diff, changed_cl, changed_rt, batch)
         if before_write is not None:
-            before_write(self.endpoints())
-        stats = self._write(desired)
+            before_write(dict(batch.added))
+        stats = self._flush(batch)
         self.tables = tables
         return stats
+
+    # ---- owners -----------------------------------------------------------------------
+    def _apply_clusters(self, tables: Tables, diff: TablesDiff, batch: _Batch) -> set[str]:
+        """Re-encode the clusters ``diff`` names; returns those that gained or lost an id."""
+        changed: set[str] = set()
+        drops: list[frozenset[Any]] = []
+        for name in diff.clusters.removed:
+            old = self._clusters.pop(name, None)
+            self._retry["cl"].discard(name)
+            if old is not None:
+                batch.replace(old.entries, {})
+                drops.append(old.refs)
+            if name in self.cluster_ids.ids:
+                self.cluster_ids.release(name)
+                changed.add(name)
+        todo = set(diff.clusters.upserted) | (self._retry["cl"] & set(tables.clusters))
+        for name in sorted(todo):
+            had_id = name in self.cluster_ids.ids
+            new = self._encode_cluster(name, tables.clusters[name], batch)
+            old = self._clusters.get(name)
+            if old is not None:
+                batch.replace(old.entries, new.entries)
+                drops.append(old.refs)
+            else:
+                batch.replace({}, new.entries)
+            self._clusters[name] = new
+            (self._retry["cl"].add if new.retry else self._retry["cl"].discard)(name)
+            if had_id != (name in self.cluster_ids.ids):
+                changed.add(name)
+        for refs in drops:  # after every hold: an endpoint moving between clusters stays
+            for key in refs:
+                self._ep_drop(key, batch)
+        return changed
+
+    def _ep_hold(self, key: tuple[str, int], batch: _Batch) -> int | None:
+        n = self._ep_refs.get(key, 0)
+        if n == 0:
+            eid = self.ep_ids.get(key)
+            if eid is None:
+                return None
+            batch.writes["sm_endpoints_v1"][bytes(U32(eid))] = bytes(
+                L.Endpoint(ip4=ip_net(key[0]), port=socket.htons(key[1])))
+            batch.added[eid] = key
+        self._ep_refs[key] = n + 1
+        return self.ep_ids.ids[key]
+
+    def _ep_drop(self, key: tuple[str, int], batch: _Batch) -> None:
+        n = self._ep_refs[key] - 1
+        if n:
+            self._ep_refs[key] = n
+            return
+        del self._ep_refs[key]
+        eid = self.ep_ids.ids[key]
+        self.ep_ids.release(key)
+        batch.deletes["sm_endpoints_v1"].add(bytes(U32(eid)))
+        batch.removed[eid] = key
+
+    def _apply_route_tables(self, tables: Tables, diff: TablesDiff, changed_cl: set[str],
+                            batch: _Batch) -> set[str]:
+        """Re-encode the route tables ``diff`` names and those naming a cluster in
+        ``changed_cl``; returns the route tables that gained or lost an id."""
+        changed: set[str] = set()
+        drops: list[frozenset[Any]] = []
+        removed = set(diff.route_tables.removed)
+        for name in removed:
+            old = self._rts.pop(name, None)
+            self._retry["rt"].discard(name)
+            self._retry["hdr"].discard(name)
+            if old is not None:
+                self._forget_rt(name, old, _Owned(), batch)
+                drops.append(old.refs)
+            if name in self.rt_ids.ids:
+                self.rt_ids.release(name)
+                changed.add(name)
+        todo = set(diff.route_tables.upserted) | self._retry["rt"]
+        if self._retry["hdr"] and self.hdr_ids.available():
+            todo |= self._retry["hdr"]
+        for c in changed_cl:
+            todo |= self._cl_users.get(c, set())
+        for name in sorted(todo - removed):
+            rt = tables.route_tables.get(name)
+            if rt is None:
+                continue
+            had_id = name in self.rt_ids.ids
+            new = self._encode_route_table(name, rt, tables)
+            for h in new.refs:
+                self._hdr_hold(h, batch)
+            old = self._rts.get(name)
+            if old is not None:
+                drops.append(old.refs)
+            self._forget_rt(name, old or _Owned(), new, batch)
+            self._rts[name] = new
+            self.rule_index.update(new.rules)
+            for c in new.uses:
+                self._cl_users.setdefault(c, set()).add(name)
+            (self._retry["rt"].add if new.retry else self._retry["rt"].discard)(name)
+            (self._retry["hdr"].add if new.hdr_short else self._retry["hdr"].discard)(name)
+            if had_id != (name in self.rt_ids.ids):
+                changed.add(name)
+        for refs in drops:
+            for h in refs:
+                self._hdr_drop(h, batch)
+        return changed
+
+    def _forget_rt(self, name: str, old: _Owned, new: _Owned, batch: _Batch) -> None:
+        """Replace ``old``'s entries by ``new``'s; release what only ``old`` held."""
+        batch.replace(old.entries, new.entries)
+        for vkey in old.vhosts - new.vhosts:
+            self.vh_ids.release(vkey)
+            self.rule_ranges.release(vkey)
+        for wkey in old.weighted - new.weighted:
+            self.weighted_ranges.release(wkey)
+        for rid in old.rules:
+            if rid not in new.rules:
+                self.rule_index.pop(rid, None)
+        for c in old.uses - new.uses:
+            users = self._cl_users.get(c)
+            if users is not None:
+                users.discard(name)
+                if not users:
+                    del self._cl_users[c]
+
+    def _hdr_hold(self, name: str, batch: _Batch) -> None:
+        n = self._hdr_refs.get(name, 0)
+        if n == 0:
+            batch.writes["sm_hdrslots_v1"][bytes(U64(fnv1a64(name.encode())))] = bytes(
+                U32(FIRST_HDR_SLOT + self.hdr_ids.ids[name] - 1))
+        self._hdr_refs[name] = n + 1
+
+    def _hdr_drop(self, name: str, batch: _Batch) -> None:
+        n = self._hdr_refs[name] - 1
+        if n:
+            self._hdr_refs[name] = n
+            return
+        del self._hdr_refs[name]
+        self.hdr_ids.release(name)
+        batch.deletes["sm_hdrslots_v1"].add(bytes(U64(fnv1a64(name.encode()))))
+
+    def _apply_services(self, tables: Tables, diff: TablesDiff, changed_cl: set[str],
+                        changed_rt: set[str], batch: _Batch) -> None:
+        for vip, port in diff.services.removed:
+            kb = bytes(L.SvcKey(vip=ip_net(vip), port=socket.htons(port)))
+            if self._svcs.pop(kb, None) is not None:
+                batch.deletes["sm_services_v1"].add(kb)
+        only = set(diff.services.upserted)
+        if changed_cl or changed_rt:
+            only |= {(s.vip, s.port) for s in tables.services
+                     if s.route_table in changed_rt or s.cluster in changed_cl}
+        if not only:
+            return
+        desired: Entries = {"sm_services_v1": {}}
+        self._encode_services(tables, desired, only)
+        for kb, vb in desired["sm_services_v1"].items():
+            if self._svcs.get(kb) != vb:
+                batch.writes["sm_services_v1"][kb] = vb
+                self._svcs[kb] = vb
 
     # ---- encoding ---------------------------------------------------------------------
     @staticmethod
@@ -245,42 +513,44 @@ class Encoder:
         desired[name][bytes(k)] = bytes(value if isinstance(value, C.Structure)
                                         else MAPS[name][1](value))
 
-    def _encode_clusters(self, tables: Tables, desired: dict[str, dict[bytes, bytes]]) -> None:
+    def _encode_cluster(self, name: str, cluster: Cluster, batch: _Batch) -> _Owned:
+        """One cluster's entries; holds its endpoints (written once, shared)."""
+        own = _Owned()
+        cid = self.cluster_ids.get(name)
+        if cid is None:
+            own.reasons.append(f"cluster {name}: more than SM_MAX_CLUSTERS")
+            own.retry = True
+            return own
         max_hosts = limit("HOSTS_PER_CLUSTER")
-        live_eps: set[Any] = set()
-        for name in sorted(tables.clusters):
-            cluster = tables.clusters[name]
-            cid = self.cluster_ids.get(name)
-            if cid is None:
-                self.user_reasons.append(f"cluster {name}: more than SM_MAX_CLUSTERS")
+        desired: Entries = {"sm_hosts_v1": {}, "sm_clusters_v1": {}}
+        p = lb.plan(cluster, max_hosts, limit("LR_CHOICES_MAX"))
+        c = L.Cluster(policy=LB_POLICY[cluster.lb_policy], n_hosts=len(p.hosts),
+                      choices=max(1, cluster.choice_count),
+                      bias=1 if cluster.active_request_bias else 0)
+        c.flags = (limit("CL_USABLE") if p.hosts else 0) | (
+            limit("CL_EQUAL_WEIGHTS") if p.equal else 0)
+        if p.user:
+            c.flags |= limit("CL_USER")
+            own.reasons.append(f"cluster {name}: {p.user}")
+        held: set[tuple[str, int]] = set()
+        for ep in cluster.endpoints:
+            key = (ep.address, ep.port)
+            if key in held:
                 continue
-            p = lb.plan(cluster, max_hosts, limit("LR_CHOICES_MAX"))
-            c = L.Cluster(policy=LB_POLICY[cluster.lb_policy], n_hosts=len(p.hosts),
-                          choices=max(1, cluster.choice_count),
-                          bias=1 if cluster.active_request_bias else 0)
-            c.flags = (limit("CL_USABLE") if p.hosts else 0) | (
-                limit("CL_EQUAL_WEIGHTS") if p.equal else 0)
-            if p.user:
+            if self._ep_hold(key, batch) is None:
                 c.flags |= limit("CL_USER")
-                self.user_reasons.append(f"cluster {name}: {p.user}")
-            for ep in cluster.endpoints:
-                key = (ep.address, ep.port)
-                eid = self.ep_ids.get(key)
-                if eid is None:
-                    c.flags |= limit("CL_USER")
-                    self.user_reasons.append(f"cluster {name}: more than SM_MAX_ENDPOINTS")
-                    continue
-                live_eps.add(key)
-                self._put(desired, "sm_endpoints_v1", eid,
-                          L.Endpoint(ip4=ip_net(ep.address), port=socket.htons(ep.port)))
-            if not c.flags & limit("CL_USER"):
-                for i, h in enumerate(p.hosts):
-                    eid = self.ep_ids.ids[(h.address, h.port)]
-                    self._put(desired, "sm_hosts_v1", cid * max_hosts + i,
-                              L.Host(ep_id=eid, weight=h.weight))
-            self._put(desired, "sm_clusters_v1", cid, c)
-        self.cluster_ids.keep_only(set(tables.clusters))
-        self.ep_ids.keep_only(live_eps)
+                own.reasons.append(f"cluster {name}: more than SM_MAX_ENDPOINTS")
+                own.retry = True
+                continue
+            held.add(key)
+        if not c.flags & limit("CL_USER"):
+            for i, h in enumerate(p.hosts):
+                eid = self.ep_ids.ids[(h.address, h.port)]
+                self._put(desired, "sm_hosts_v1", cid * max_hosts + i,
+                          L.Host(ep_id=eid, weight=h.weight))
+        self._put(desired, "sm_clusters_v1", cid, c)
+        own.entries, own.refs = desired, frozenset(held)
+        return own
 
     def _hdr_slot(self, name: str) -> int | None:
         """The kernel slot holding what Envoy's router sees for header ``name``, or None
@@ -293,6 +563,7 @@ class Encoder:
             return None
         i = self.hdr_ids.get(name)
         if i is None:
+            self._hdr_short = True
             return None
         self._hdr_used.add(name)
         return FIRST_HDR_SLOT + i - 1
@@ -300,8 +571,7 @@ class Encoder:
     @property
     def hdr_slots(self) -> dict[str, int]:
         """Header name -> kernel slot, for the names the current rules use."""
-        return {n: FIRST_HDR_SLOT + i - 1 for n, i in self.hdr_ids.ids.items()
-                if n in self._hdr_used}
+        return {n: FIRST_HDR_SLOT + self.hdr_ids.ids[n] - 1 for n in self._hdr_refs}
 
     def _cond(self, m: ValueMatch) -> L.Cond | None:
         """The kernel form of one header condition, or None if only user space can check it."""
@@ -377,6 +647,7 @@ class Encoder:
             if (all(i is not None for i in ids) and 0 < total < 2**32
                     and len(ids) <= limit("WEIGHTED_PER_RULE")):
                 start = self.weighted_ranges.get(wkey, len(ids))
+                self._retry_now |= start is None
                 if start is not None:
                     cum = 0
                     for j, (w, cid) in enumerate(zip(a.weighted, ids, strict=True)):
@@ -387,83 +658,93 @@ class Encoder:
                     r.n_weighted, r.total_weight = len(ids), total
         return r
 
-    def _encode_routes(self, tables: Tables, desired: dict[str, dict[bytes, bytes]]) -> None:
+    def _encode_route_table(self, name: str, rt: RouteTable, tables: Tables) -> _Owned:
+        """One route table's entries (its vhosts, rules, weighted entries, domains)."""
+        own = _Owned()
+        rt_id = self.rt_ids.get(name)
+        if rt_id is None:
+            own.reasons.append(f"route table {name}: more than SM_MAX_ROUTE_TABLES")
+            own.retry = True
+            return own
         host_max = limit("HOST_MAX")
+        desired: Entries = {n: {} for n in ("sm_weighted_v1", "sm_rules_v1", "sm_vhosts_v1",
+                                            "sm_domains_v1", "sm_rtables_v1")}
         live_vh: set[Any] = set()
         live_w: set[Any] = set()
-        self.rule_index = {}
+        uses: set[str] = set()
         self._hdr_used = set()
-        for name in sorted(tables.route_tables):
-            rt = tables.route_tables[name]
-            rt_id = self.rt_ids.get(name)
-            if rt_id is None:
-                self.user_reasons.append(f"route table {name}: more than SM_MAX_ROUTE_TABLES")
-                continue
-            t = L.RouteTable()
-            if rt.ignore_port_in_host_matching:
-                t.flags |= limit("RT_IGNORE_PORT")
-            if rt.ignore_path_parameters_in_path_matching:
+        self._retry_now = self._hdr_short = False
+        t = L.RouteTable()
+        if rt.ignore_port_in_host_matching:
+            t.flags |= limit("RT_IGNORE_PORT")
+        if rt.ignore_path_parameters_in_path_matching:
+            t.flags |= limit("RT_USER")
+            own.reasons.append(f"route table {name}: path parameters")
+        for vpos, vh in enumerate(rt.virtual_hosts):
+            vkey = (name, vpos, vh.name)
+            vh_id = self.vh_ids.get(vkey)
+            if vh_id is None:
                 t.flags |= limit("RT_USER")
-                self.user_reasons.append(f"route table {name}: path parameters")
-            for vpos, vh in enumerate(rt.virtual_hosts):
-                vkey = (name, vpos, vh.name)
-                vh_id = self.vh_ids.get(vkey)
-                if vh_id is None:
-                    t.flags |= limit("RT_USER")
+                self._retry_now = True
+                continue
+            live_vh.add(vkey)
+            n = len(vh.rules)
+            start = self.rule_ranges.get(vkey, n) if n else 0
+            if start is None or n > limit("RULES_PER_VHOST"):
+                self._retry_now |= start is None
+                own.reasons.append(f"{name}/{vh.name}: {n} rules over the limits")
+                self._put(desired, "sm_vhosts_v1", vh_id,
+                          L.VHost(first_rule=0, n_rules=limit("RULES_PER_VHOST") + 1))
+            else:
+                for i, rule in enumerate(vh.rules):
+                    wkey = (vkey, i)
+                    a = rule.action
+                    if a.cluster:
+                        uses.add(a.cluster)
+                    if a.kind is ActionKind.WEIGHTED_CLUSTERS:
+                        live_w.add(wkey)
+                        uses.update(w.cluster for w in a.weighted)
+                    self._put(desired, "sm_rules_v1", start + i,
+                              self._encode_rule(rt, rule, start + i, tables, wkey, desired))
+                    own.rules[start + i + 1] = (name, vh.name, i)
+                self._put(desired, "sm_vhosts_v1", vh_id, L.VHost(first_rule=start, n_rules=n))
+            for d in vh.domains:
+                d = d.lower()
+                if d == "*":
+                    t.default_vh = t.default_vh or vh_id  # the first "*" wins
                     continue
-                live_vh.add(vkey)
-                n = len(vh.rules)
-                start = self.rule_ranges.get(vkey, n) if n else 0
-                if start is None or n > limit("RULES_PER_VHOST"):
-                    self.user_reasons.append(f"{name}/{vh.name}: {n} rules over the limits")
-                    self._put(desired, "sm_vhosts_v1", vh_id,
-                              L.VHost(first_rule=0, n_rules=limit("RULES_PER_VHOST") + 1))
+                if d.startswith("*"):
+                    kind, part = limit("DOM_SUFFIX"), d[1:].encode()[::-1]
+                    bits = t.suffix_lens
+                elif d.endswith("*"):
+                    kind, part = limit("DOM_PREFIX"), d[:-1].encode()
+                    bits = t.prefix_lens
                 else:
-                    for i, rule in enumerate(vh.rules):
-                        wkey = (vkey, i)
-                        if rule.action.kind is ActionKind.WEIGHTED_CLUSTERS:
-                            live_w.add(wkey)
-                        self._put(desired, "sm_rules_v1", start + i,
-                                  self._encode_rule(rt, rule, start + i, tables, wkey, desired))
-                        self.rule_index[start + i + 1] = (name, vh.name, i)
-                    self._put(desired, "sm_vhosts_v1", vh_id, L.VHost(first_rule=start, n_rules=n))
-                for d in vh.domains:
-                    d = d.lower()
-                    if d == "*":
-                        t.default_vh = t.default_vh or vh_id  # the first "*" wins
+                    kind, part, bits = limit("DOM_EXACT"), d.encode(), None
+                if len(part) > host_max:
+                    if bits is not None:  # the kernel cannot probe this wildcard
+                        t.flags |= limit("RT_USER")
+                        own.reasons.append(f"route table {name}: domain {d} too long")
+                    continue  # an exact host that long is never parsed in kernel
+                if bits is not None:
+                    if len(part) >= host_max:
+                        t.flags |= limit("RT_USER")
                         continue
-                    if d.startswith("*"):
-                        kind, part = limit("DOM_SUFFIX"), d[1:].encode()[::-1]
-                        bits = t.suffix_lens
-                    elif d.endswith("*"):
-                        kind, part = limit("DOM_PREFIX"), d[:-1].encode()
-                        bits = t.prefix_lens
-                    else:
-                        kind, part, bits = limit("DOM_EXACT"), d.encode(), None
-                    if len(part) > host_max:
-                        if bits is not None:  # the kernel cannot probe this wildcard
-                            t.flags |= limit("RT_USER")
-                            self.user_reasons.append(f"route table {name}: domain {d} too long")
-                        continue  # an exact host that long is never parsed in kernel
-                    if bits is not None:
-                        if len(part) >= host_max:
-                            t.flags |= limit("RT_USER")
-                            continue
-                        bits[len(part) >> 6] |= 1 << (len(part) & 63)
-                    dkey = L.DomKey(rt_id=rt_id, kind=kind, len=len(part), hash=fnv1a64(part))
-                    if bytes(dkey) not in desired["sm_domains_v1"]:  # the first vhost wins
-                        self._put(desired, "sm_domains_v1", dkey, vh_id)
-            self._put(desired, "sm_rtables_v1", rt_id, t)
-        for hname, slot in self.hdr_slots.items():
-            self._put(desired, "sm_hdrslots_v1", fnv1a64(hname.encode()), slot)
-        self.hdr_ids.keep_only(self._hdr_used)
-        self.rt_ids.keep_only(set(tables.route_tables))
-        self.vh_ids.keep_only(live_vh)
-        self.rule_ranges.finish(live_vh)
-        self.weighted_ranges.finish(live_w)
+                    bits[len(part) >> 6] |= 1 << (len(part) & 63)
+                dkey = L.DomKey(rt_id=rt_id, kind=kind, len=len(part), hash=fnv1a64(part))
+                if bytes(dkey) not in desired["sm_domains_v1"]:  # the first vhost wins
+                    self._put(desired, "sm_domains_v1", dkey, vh_id)
+        self._put(desired, "sm_rtables_v1", rt_id, t)
+        own.entries, own.refs, own.uses = desired, frozenset(self._hdr_used), frozenset(uses)
+        own.vhosts, own.weighted = frozenset(live_vh), frozenset(live_w)
+        own.retry, own.hdr_short = self._retry_now, self._hdr_short
+        return own
 
-    def _encode_services(self, tables: Tables, desired: dict[str, dict[bytes, bytes]]) -> None:
+    def _encode_services(self, tables: Tables, desired: dict[str, dict[bytes, bytes]],
+                         only: set[tuple[str, int]]) -> None:
         for svc in tables.services:
+            if (svc.vip, svc.port) not in only:
+                continue
             key = L.SvcKey(vip=ip_net(svc.vip), port=socket.htons(svc.port))
             if svc.kind is ServiceKind.HTTP:
                 v = L.Service(kind=limit("SVC_HTTP"),
@@ -476,27 +757,23 @@ class Encoder:
             self._put(desired, "sm_services_v1", key, v)
 
     # ---- writing ----------------------------------------------------------------------
-    def _write(self, desired: dict[str, dict[bytes, bytes]]) -> ApplyStats:
-        stats = ApplyStats()
+    def _flush(self, batch: _Batch) -> ApplyStats:
+        stats = ApplyStats(added_endpoints=batch.added, removed_endpoints=batch.removed)
         for name in ORDER:
             m = self.maps[name]
             ktype, vtype, _ = MAPS[name]
-            cur = self._current[name]
-            n = 0
-            for kb, vb in desired[name].items():
-                if cur.get(kb) != vb:
-                    m.set(ktype.from_buffer_copy(kb), vtype.from_buffer_copy(vb))
-                    n += 1
-            stats.writes += n
-            stats.per_map[name] = n
+            w = batch.writes[name]
+            for kb, vb in w.items():
+                m.set(ktype.from_buffer_copy(kb), vtype.from_buffer_copy(vb))
+            stats.writes += len(w)
+            stats.per_map[name] = len(w)
         for name in reversed(ORDER):
             m = self.maps[name]
             ktype, vtype, is_array = MAPS[name]
-            for kb in set(self._current[name]) - set(desired[name]):
+            for kb in batch.deletes[name] - batch.writes[name].keys():
                 if is_array:
                     m.set(ktype.from_buffer_copy(kb), vtype())
                 else:
                     m.delete(ktype.from_buffer_copy(kb))
                 stats.deletes += 1
-            self._current[name] = desired[name]
         return stats

@@ -23,6 +23,8 @@ _lib.bpf_map_update_elem.argtypes = [C.c_int, C.c_void_p, C.c_void_p, C.c_uint64
 _lib.bpf_map_get_next_key.argtypes = [C.c_int, C.c_void_p, C.c_void_p]
 _lib.bpf_prog_attach.argtypes = [C.c_int, C.c_int, C.c_int, C.c_uint]
 _lib.bpf_prog_detach2.argtypes = [C.c_int, C.c_int, C.c_int]
+_lib.bpf_map_create.argtypes = [C.c_int, C.c_char_p, C.c_uint32, C.c_uint32, C.c_uint32,
+                                C.c_void_p]
 
 BPF_ANY, BPF_NOEXIST = 0, 1
 
@@ -46,6 +48,26 @@ def obj_get(path: str | Path) -> int:
 def obj_pin(fd: int, path: str | Path) -> None:
     """Pin fd at path in bpffs."""
     _check(_lib.bpf_obj_pin(fd, str(path).encode()), f"bpf_obj_pin({path})")
+
+
+class _MapCreateOpts(C.Structure):
+    # the head of libbpf's struct bpf_map_create_opts up to map_flags (libbpf >= 0.7)
+    _fields_ = [("sz", C.c_size_t), ("btf_fd", C.c_uint32), ("btf_key_type_id", C.c_uint32),
+                ("btf_value_type_id", C.c_uint32), ("btf_vmlinux_value_type_id", C.c_uint32),
+                ("inner_map_fd", C.c_uint32), ("map_flags", C.c_uint32)]
+
+
+MAP_HASH, MAP_ARRAY = 1, 2
+BPF_F_NO_PREALLOC = 1
+
+
+def map_create(map_type: int, name: str, key_size: int, value_size: int, max_entries: int,
+               flags: int = 0) -> int:
+    """Create a map (no program needed); returns its fd.  Tests pin such maps to run the
+    encoder without a loaded datapath."""
+    opts = _MapCreateOpts(sz=C.sizeof(_MapCreateOpts), map_flags=flags)
+    return _check(_lib.bpf_map_create(map_type, name[:15].encode(), key_size, value_size,
+                                      max_entries, C.byref(opts)), f"bpf_map_create({name})")
 
 
 def prog_attach(prog_fd: int, target_fd: int, attach_type: int, flags: int = 0) -> None:
