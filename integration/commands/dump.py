@@ -3,7 +3,9 @@
 The values come from the pinned maps under ``--pin-dir`` (bpf.datapath.dump), not from the
 agent's memory.  The maps hold numeric ids; when an agent answers on ``--admin-addr`` its
 ``/ids`` labels them with cluster and route-table names (and lists the endpoint ids), else
-they are shown as ids.
+they are shown as ids.  BLACKHOLE entries (connect refused) are labelled from the map's kind
+field; the entry 0.0.0.0:0 is the policy for destinations no other entry matches (Istio's
+REGISTRY_ONLY when present, connects left alone when absent).
 """
 
 from __future__ import annotations
@@ -52,7 +54,29 @@ def read(pin: Path, ids: dict[str, Any] | None) -> dict[str, Any]:
     doc["maps"] = {k: {"entries": n, "max_entries": cap}
                    for k, (n, cap) in map_fill(pin).items()}
     doc["names_from_agent"] = bool(ids)
+    _label_blackholes(pin, doc)
     return doc
+
+
+def _label_blackholes(pin: Path, doc: dict[str, Any]) -> None:
+    """Mark BLACKHOLE service entries and state the policy for unknown destinations."""
+    import socket
+
+    from bpf import layout
+    from bpf.encoder import ip_str
+    from bpf.limits import limit
+    from bpf.maps import PinnedMap
+
+    m = PinnedMap(pin / "sm_services_v1", layout.SvcKey, layout.Service)
+    try:
+        refused = {(ip_str(k.vip), socket.ntohs(k.port)) for k, v in m.items()
+                   if v.kind == limit("SVC_BLACKHOLE")}
+    finally:
+        m.close()
+    for s in doc["services"]:
+        if (s["vip"], s["port"]) in refused:
+            s["kind"], s["name"] = "blackhole", None
+    doc["unknown_destinations"] = "refused" if ("0.0.0.0", 0) in refused else "left alone"
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -60,9 +84,17 @@ def render(doc: dict[str, Any]) -> str:
     out = ["programs: " + ", ".join(f"{k} (id {v})" for k, v in sorted(doc["programs"].items()))]
     out.append(f"services ({len(doc['services'])}):")
     for s in sorted(doc["services"], key=lambda s: (s["port"], s["vip"])):
+        if s["kind"] == "blackhole":
+            out.append(f"  {s['vip']}:{s['port']:<6} {s['kind']} -> connect refused (EPERM)")
+            continue
         out.append(f"  {s['vip']}:{s['port']:<6} {s['kind']:<4} -> "
                    f"{'route table' if s['kind'] == 'http' else 'cluster'} "
                    f"{s['name'] or '#' + str(s['id'])}")
+    if doc.get("unknown_destinations") == "refused":
+        out.append("  TCP connects to destinations no entry matches: refused (EPERM), "
+                   "except 127.0.0.1 and the splice listener (Istio's REGISTRY_ONLY)")
+    else:
+        out.append("  TCP connects to destinations no entry matches: left alone")
     out.append(f"clusters ({len(doc['clusters'])}):")
     policies = {1: "ROUND_ROBIN", 2: "RANDOM", 3: "LEAST_REQUEST"}
     for c in doc["clusters"]:

@@ -10,7 +10,10 @@ prints one JSON decision per input line, in order.  Single form::
         http://reviews:9080/api/v1
 
 prints a readable explanation (``--json`` for the decision object).  ``--port PORT`` picks
-the route config of the HTTP service on that port instead of naming it.
+the route config of the HTTP service on that port instead of naming it.  ``--connect IP:PORT``
+says what connect4 does with a TCP connect there (spliced to a route table, an L4 endpoint,
+refused by a BlackHoleCluster entry, or left alone) and, given requests, routes them on that
+service's route table.
 
 Routing is the translator's model, the same code the slow path runs; this module only reads
 input, picks the route table and renders decisions.
@@ -19,6 +22,7 @@ input, picks the route table and renders decisions.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import urllib.parse
@@ -32,7 +36,14 @@ from integration.commands.tables import (
     load_tables,
     write_stdout,
 )
-from translator.model import Decision, Request, route, select_virtual_host
+from translator.model import (
+    ConnectDecision,
+    Decision,
+    Request,
+    decide_connect,
+    route,
+    select_virtual_host,
+)
 from translator.route_table import domain_kind
 from translator.tables import RouteTable, ServiceKind, Tables, VirtualHost
 
@@ -75,6 +86,39 @@ def pick_route_table(tables: Tables, name: str | None, port: int | None) -> Rout
         raise CommandError(f"the service on port {port} names route config {names[0]!r}, "
                            "which is not in the config dump")
     return rt
+
+
+def parse_connect(text: str) -> tuple[str, int]:
+    """``--connect``: an IPv4 ``IP:PORT`` (what connect4 sees)."""
+    from integration.commands._args import host_port, ipv4_addr
+
+    try:
+        host, port = host_port(text)
+        return ipv4_addr(host), port
+    except argparse.ArgumentTypeError as exc:
+        raise CommandError(f"--connect: {exc}") from None
+
+
+def connect_route_table(tables: Tables, dec: ConnectDecision, dest: str) -> RouteTable:
+    """The route table requests on a connect to ``dest`` are routed on."""
+    if dec.verdict != "http" or dec.service is None:
+        raise CommandError(f"a connect to {dest} is not routed per request: {dec.verdict}, "
+                           f"{dec.why}")
+    rt = tables.route_tables.get(dec.service.route_table or "")
+    if rt is None:
+        raise CommandError(f"the service for {dest} names route config "
+                           f"{dec.service.route_table!r}, which is not in the config dump")
+    return rt
+
+
+def print_connect(dest: str, dec: ConnectDecision, out: TextIO) -> None:
+    """A readable account of connect4's decision."""
+    svc = dec.service
+    entry = (f"{svc.vip}:{svc.port} {svc.kind.value} (listener {svc.listener})" if svc
+             else "none")
+    out.write(f"connect        {dest}\n"
+              f"service entry  {entry}\n"
+              f"decision       {dec.verdict}: {dec.why}\n")
 
 
 def request_from_obj(obj: Any, where: str) -> Request:
@@ -234,6 +278,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--route-config", metavar="NAME", help="route config to route on")
     which.add_argument("--port", type=int, metavar="PORT",
                        help="use the route config of the HTTP service on this port")
+    which.add_argument("--connect", metavar="IP:PORT",
+                       help="say what connect4 does with a TCP connect to IP:PORT (refused "
+                            "under Istio's REGISTRY_ONLY, spliced, L4, left alone); with "
+                            "requests, route them on that service's route table")
     parser.add_argument("--requests", metavar="FILE.jsonl",
                         help="one JSON request per line ('-' for stdin); prints one JSON "
                              "decision per line")
@@ -247,12 +295,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Explain the requests; exit 2 with one message on stderr for bad input."""
     try:
-        if (args.requests is None) == (args.url is None):
+        connect_only = args.connect is not None and args.requests is None and args.url is None
+        if (args.requests is None) == (args.url is None) and not connect_only:
             raise CommandError("give either --requests FILE.jsonl or one URL")
         if args.requests == "-" and args.config_dump == "-":
             raise CommandError("--config-dump and --requests cannot both be stdin")
+        dest = parse_connect(args.connect) if args.connect is not None else None
         tables = load_tables(args.config_dump)
-        rt = pick_route_table(tables, args.route_config, args.port)
+        if dest is not None:
+            dec = decide_connect(tables, *dest)
+            where = f"{dest[0]}:{dest[1]}"
+            if connect_only:
+                if args.json:
+                    print(json.dumps({"connect": where, "verdict": dec.verdict,
+                                      "service": dataclasses.asdict(dec.service)
+                                      if dec.service else None, "why": dec.why}, indent=1))
+                else:
+                    print_connect(where, dec, sys.stdout)
+                return 0
+            rt = connect_route_table(tables, dec, where)
+        else:
+            rt = pick_route_table(tables, args.route_config, args.port)
         if args.requests is not None:
             reqs = read_requests(args.requests)
             try:

@@ -137,6 +137,15 @@ def test_registry_only_refuses_unknown_tcp_destinations(mesh: Mesh, backends, cl
     model = [decide_connect(tables, host, port).verdict
              for proto, host, port in targets if proto == "tcp"]
     assert model == ["refused", "http", "pass", "refused", "refused"]
+    # `sockmesh dump` reads the policy from the pinned map
+    from integration.commands import dump
+
+    doc = dump.read(mesh.dp.pin_dir, None)
+    assert doc["unknown_destinations"] == "refused"
+    kinds = {(s["vip"], s["port"]): s["kind"] for s in doc["services"]}
+    assert kinds == {("0.0.0.0", 0): "blackhole", (DENIED_VIP, PORT): "blackhole",
+                     (VIP, PORT): "http"}
+    assert "0.0.0.0:0      blackhole -> connect refused (EPERM)" in dump.render(doc)
 
 
 def test_the_splice_listeners_address_is_exempt(backends) -> None:
@@ -173,3 +182,6 @@ def test_allow_any_lets_unknown_destinations_through(mesh: Mesh, backends,
     got = probe(mesh, [("tcp", UNKNOWN, unknown.port), ("tcp", VIP, PORT)])
     assert got == [{"connect": 0, "backend": "unknown"}, {"connect": 0, "backend": "known"}]
     assert mesh.counters()["blackhole"] == before
+    from integration.commands import dump
+
+    assert dump.read(mesh.dp.pin_dir, None)["unknown_destinations"] == "left alone"

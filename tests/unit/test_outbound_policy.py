@@ -185,3 +185,28 @@ def test_stored_dumps_are_what_istiod_sends(mode: str, tmp_path: Path) -> None:
     assert got.services == want.services
     assert got.skipped_listeners == want.skipped_listeners
     assert got.route_tables == want.route_tables
+
+
+def test_explain_connect_says_what_connect4_does(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.support.cli import run_cli
+
+    def explain(mode: str, *args: str) -> tuple[int, str, str]:
+        return run_cli(["explain", "--config-dump", str(dump_path(mode)), *args], capsys)
+
+    code, out, _ = explain("REGISTRY_ONLY", "--connect", "127.30.0.1:8080")
+    assert code == 0 and "0.0.0.0:0 blackhole (listener virtualOutbound)" in out
+    assert "refused" in out and "EPERM" in out
+    code, out, _ = explain("ALLOW_ANY", "--connect", "127.30.0.1:8080", "--json")
+    assert code == 0 and json.loads(out)["verdict"] == "pass"
+    code, out, _ = explain("REGISTRY_ONLY", "--connect", "127.0.0.1:8080", "--json")
+    assert json.loads(out)["verdict"] == "pass"
+    # requests on an HTTP port are routed on that service's table: block_all's 502
+    code, out, _ = explain("REGISTRY_ONLY", "--connect", "127.30.0.1:19080", "--json",
+                           "http://unknown.example/x")
+    assert code == 0 and (json.loads(out)["virtual_host"], json.loads(out)["status"]) == (
+        "block_all", 502)
+    code, _, err = explain("REGISTRY_ONLY", "--connect", "127.30.0.1:8080",
+                           "http://unknown.example/x")
+    assert code == 2 and "not routed per request: refused" in err
+    code, _, err = explain("REGISTRY_ONLY", "--connect", "reviews:19080")
+    assert code == 2 and "not an IPv4 address" in err
