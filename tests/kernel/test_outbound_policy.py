@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,9 +57,12 @@ for proto, host, port in json.loads(sys.argv[1]):
                 if not chunk:
                     break
                 head += chunk
-            backend = [l.split(b":", 1)[1].strip().decode() for l in head.split(b"\r\n")
+            lines = head.split(b"\r\n")
+            backend = [l.split(b":", 1)[1].strip().decode() for l in lines
                        if l.lower().startswith(b"x-backend:")]
-            out.append({"connect": 0, "backend": backend[0] if backend else None})
+            status = int(lines[0].split()[1]) if lines[0].startswith(b"HTTP/") else None
+            out.append({"connect": 0, "status": status,
+                        "backend": backend[0] if backend else None})
     except OSError as exc:
         out.append({"connect": 0, "error": exc.errno})
     finally:
@@ -67,10 +71,12 @@ print(json.dumps(out))
 """
 
 
-def probe(mesh: Mesh, targets: list[tuple[str, str, int]]) -> list[dict[str, Any]]:
+def probe(cgroup: Path, targets: list[tuple[str, str, int]]) -> list[dict[str, Any]]:
+    """Run the connects in ``targets`` (proto, host, port) from a process in ``cgroup``:
+    per target {"connect": errno or 0, and for TCP "status" and "backend" (x-backend)}."""
     from tests.support.cgroup import spawn_in_cgroup
 
-    proc = spawn_in_cgroup([sys.executable, "-c", PROBE, json.dumps(targets)], mesh.cgroup,
+    proc = spawn_in_cgroup([sys.executable, "-c", PROBE, json.dumps(targets)], cgroup,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=PROBE_TIMEOUT_S)
@@ -123,12 +129,12 @@ def test_registry_only_refuses_unknown_tcp_destinations(mesh: Mesh, backends, cl
     targets = [("tcp", UNKNOWN, unknown.port), ("tcp", VIP, PORT), ("udp", UNKNOWN, udp_port),
                ("tcp", "127.0.0.1", local.port), ("tcp", DENIED_VIP, PORT),
                ("tcp", UNKNOWN, unknown.port)]
-    got = probe(mesh, targets)
+    got = probe(mesh.cgroup, targets)
     assert got[0] == {"connect": errno.EPERM}
-    assert got[1] == {"connect": 0, "backend": "known"}
+    assert got[1] == {"connect": 0, "status": 200, "backend": "known"}
     assert got[2] == {"connect": 0}
     assert udp_sink.recvfrom(64)[0] == b"probe"  # UDP is never touched
-    assert got[3] == {"connect": 0, "backend": "local"}  # 127.0.0.1 is exempt
+    assert got[3] == {"connect": 0, "status": 200, "backend": "local"}  # 127.0.0.1 is exempt
     assert got[4] == {"connect": errno.EPERM}  # a per-VIP BlackHoleCluster entry
     assert got[5] == {"connect": errno.EPERM}
     assert mesh.counters()["blackhole"] - before == 3
@@ -163,11 +169,11 @@ def test_the_splice_listeners_address_is_exempt(backends) -> None:
             assert dp.splice is not None
             splice = dp.splice.addr
             (other,) = make_backends(backends, "other", host=SPLICE_ADDR)
-            got = probe(Mesh(dp, cg), [("tcp", *splice), ("tcp", SPLICE_ADDR, other.port),
+            got = probe(cg, [("tcp", *splice), ("tcp", SPLICE_ADDR, other.port),
                                        ("tcp", VIP, PORT)])
             assert got[0]["connect"] == 0 and "error" not in got[0]
             assert got[1] == {"connect": errno.EPERM}
-            assert got[2] == {"connect": 0, "backend": "known"}
+            assert got[2] == {"connect": 0, "status": 200, "backend": "known"}
             assert [decide_connect(tables, h, p, splice=splice).verdict
                     for h, p in (splice, (SPLICE_ADDR, other.port))] == ["pass", "refused"]
         finally:
@@ -179,8 +185,8 @@ def test_allow_any_lets_unknown_destinations_through(mesh: Mesh, backends,
     mesh.dp.apply(policy_tables("ALLOW_ANY", backends))
     (unknown,) = make_backends(backends, "unknown", host=UNKNOWN)
     before = mesh.counters()["blackhole"]
-    got = probe(mesh, [("tcp", UNKNOWN, unknown.port), ("tcp", VIP, PORT)])
-    assert got == [{"connect": 0, "backend": "unknown"}, {"connect": 0, "backend": "known"}]
+    got = probe(mesh.cgroup, [("tcp", UNKNOWN, unknown.port), ("tcp", VIP, PORT)])
+    assert got == [{"connect": 0, "status": 200, "backend": "unknown"}, {"connect": 0, "status": 200, "backend": "known"}]
     assert mesh.counters()["blackhole"] == before
     from integration.commands import dump
 
