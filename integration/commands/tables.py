@@ -174,10 +174,10 @@ def print_tables(tables: Tables, out: TextIO) -> None:
     w = out.write
     w(f"SERVICES ({len(tables.services)})\n")
     if tables.services:
-        w(f"  {'VIP:PORT':<24} {'KIND':<5} {'ROUTE CONFIG / CLUSTER':<48} LISTENER\n")
+        w(f"  {'VIP:PORT':<24} {'KIND':<9} {'ROUTE CONFIG / CLUSTER':<48} LISTENER\n")
         for s in sorted(tables.services, key=lambda s: (s.port, s.vip)):
             target = s.route_table if s.route_table is not None else (s.cluster or "-")
-            w(f"  {s.vip + ':' + str(s.port):<24} {s.kind.value:<5} {target:<48} {s.listener}\n")
+            w(f"  {s.vip + ':' + str(s.port):<24} {s.kind.value:<9} {target:<48} {s.listener}\n")
             if s.not_enforced:
                 w(f"  {'':<24} not enforced: {', '.join(s.not_enforced)}\n")
     for name, why in tables.skipped_listeners:
