@@ -42,6 +42,11 @@ BPFFS = Path("/sys/fs/bpf")
 
 # enum bpf_attach_type values from the kernel uapi (stable ABI)
 ATTACH_CGROUP_SOCK_OPS = 3
+# sk_skb is attached as a stream verdict with no stream parser.  Without a parser the kernel
+# (>= 5.13) runs it exactly as a verdict-only BPF_SK_SKB_VERDICT (38) program: both start
+# sk_psock_start_verdict and read through tcp_read_skb, no strparser.  Either way a
+# redirect to another socket is queued to the target's sk_psock backlog worker; an
+# interleaved A/B of the two attach types here showed no difference in added latency.
 ATTACH_SK_SKB_STREAM_VERDICT = 5
 ATTACH_SK_MSG_VERDICT = 7
 ATTACH_CGROUP_INET4_CONNECT = 10

@@ -6,8 +6,8 @@
    single program exceeds the verifier's 8192-entry branch stack ("The sequence of 8193
    jumps is too complex"): sk_msg.bpf.c compiled with SM_PARSE_STEP=SM_REQ_BUF.
 The datapath therefore parses in passes of SM_PARSE_STEP bytes chained by tail calls; with
-bpf_stats the whole sk_msg chain costs about 1.4 us per request (scripts/bench_datapath.py
---prog-stats).
+bpf_stats the whole sk_msg chain costs about 1.4 us per request (`sockmesh bench`, "where
+the time goes").
 """
 
 from __future__ import annotations
