@@ -185,3 +185,24 @@ def test_kernel_plan_too_long_a_ring_goes_to_user_space() -> None:
     c = rr(level(0, 50), level(1, 100))
     p = plan(c, 256, 8)
     assert p.user and "ring entries" in p.user
+
+
+def test_cla_policy_is_carried_into_the_cluster() -> None:
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.config.endpoint.v3 import endpoint_pb2
+
+    from translator.cluster_table import translate_cluster
+    from translator.errors import TranslationError
+
+    c = cluster_pb2.Cluster(name="c", type=cluster_pb2.Cluster.EDS)
+    c.eds_cluster_config.SetInParent()
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name="c")
+    got = translate_cluster(c, cla)
+    assert (got.overprovisioning_factor, got.weighted_priority_health) == (140, False)
+    cla.policy.overprovisioning_factor.value = 200
+    cla.policy.weighted_priority_health = True
+    got = translate_cluster(c, cla)
+    assert (got.overprovisioning_factor, got.weighted_priority_health) == (200, True)
+    cla.policy.overprovisioning_factor.value = 0
+    with pytest.raises(TranslationError, match="overprovisioning_factor"):
+        translate_cluster(c, cla)
