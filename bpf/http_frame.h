@@ -45,28 +45,52 @@ static __always_inline void sm_head_done(struct sm_resp *r)
 	r->hash = SM_FNV_OFFSET;
 }
 
+/* chunk size line state in r->line: SM_CS_DIGITS once a hex digit was read, SM_CS_END once
+ * white space (or CR) followed them.  A line other than [WS] 1*HEXDIG [WS] [";" ext] CRLF
+ * with a size under 2^64 sets SM_RF_CBAD (sk_msg hands such a request to the slow path). */
+#define SM_CS_DIGITS 1
+#define SM_CS_END 2
+
 /* one byte of chunk framing: size line, CRLF after data, trailers */
 static __always_inline void sm_chunk_byte(struct sm_resp *r, __u8 c)
 {
 	__u32 ph = r->phase;
 	if (ph == SM_P_CSIZE) {
 		if (c == '\n') {
+			if (!(r->line & SM_CS_DIGITS))
+				r->flags |= SM_RF_CBAD; /* no size */
 			r->flags &= ~SM_RF_CSEXT;
 			r->line = 0;
 			r->phase = r->left ? SM_P_CDATA : SM_P_TRAILER;
 			return;
 		}
-		if (c == ';')
+		if (r->flags & SM_RF_CSEXT)
+			return;
+		if (c == ';') {
+			if (!(r->line & SM_CS_DIGITS))
+				r->flags |= SM_RF_CBAD;
 			r->flags |= SM_RF_CSEXT;
+			return;
+		}
+		if (c == ' ' || c == '\t' || c == '\r') {
+			if (r->line & SM_CS_DIGITS)
+				r->line |= SM_CS_END;
+			return;
+		}
 		int v = sm_hexval(c);
-		if (v >= 0 && !(r->flags & SM_RF_CSEXT))
-			r->left = (r->left << 4) | v;
+		if (v < 0 || (r->line & SM_CS_END) || (r->left >> 60)) {
+			r->flags |= SM_RF_CBAD; /* "-2", "zz", "1 2", 2^64 or more */
+			return;
+		}
+		r->left = (r->left << 4) | v;
+		r->line |= SM_CS_DIGITS;
 		return;
 	}
 	if (ph == SM_P_CCRLF) {
 		if (c == '\n') {
 			r->phase = SM_P_CSIZE;
 			r->left = 0;
+			r->line = 0;
 		}
 		return;
 	}

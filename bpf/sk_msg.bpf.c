@@ -242,6 +242,8 @@ int sm_msg_chunks(struct sk_msg_md *msg)
 	int done = r->phase == SM_P_DONE;
 	if (s->p.cmode == 0) {
 		/* first message: decide before anything is dispatched */
+		if (r->flags & SM_RF_CBAD)
+			return sm_to_user(cl, SM_R_CHUNKED_REQ); /* the slow path answers 400 */
 		if (!done && off < size)
 			return sm_to_user(cl, SM_R_LIMIT); /* more chunk lines than the passes frame */
 		if (done && off < size)

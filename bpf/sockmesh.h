@@ -108,7 +108,8 @@
 #define SM_R_ROUTE_USER 6              /* route action needs user space (needs_slow_path...) */
 #define SM_R_NO_ROUTE 7                /* no virtual host or no rule: local reply */
 #define SM_R_LIMIT 8                   /* a table limit was exceeded */
-#define SM_R_CHUNKED_REQ 9             /* Transfer-Encoding other than chunked, or with CL */
+#define SM_R_CHUNKED_REQ 9             /* Transfer-Encoding other than chunked, or with CL,
+                                        * or a bad chunk size in the first write */
 #define SM_R_NO_HOST 10                /* cluster has no usable endpoint */
 #define SM_R_STICKY 11                 /* connection is in user-space mode (earlier hand-off) */
 #define SM_R_CORKED 12                 /* partial head: waiting for more bytes (not a hand-off) */
