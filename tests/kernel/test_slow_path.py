@@ -44,8 +44,10 @@ def routed(mesh: Mesh, backends):
     ]
     many = [rule(f"/many/{i}", PathKind.EXACT, action=to("c1")) for i in range(300)]
     many.append(rule("/many/x", PathKind.EXACT, action=to("c2")))
+    # panic off: with Envoy's default 50% a cluster of only unhealthy hosts panics and
+    # routes to them anyway
     dead = TCluster("c_dead", LbPolicy.ROUND_ROBIN,
-                    (Endpoint(b1.host, b1.port, health=Health.UNHEALTHY),))
+                    (Endpoint(b1.host, b1.port, health=Health.UNHEALTHY),), panic_threshold=0)
     tables = http_tables(VIP, PORT, [
         vhost("svc", [HOST], rules),
         vhost("many", ["many.test"], many),
