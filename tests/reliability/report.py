@@ -176,18 +176,28 @@ def faults_section(f: dict[str, Any] | None, soak_ci: dict[str, Any] | None,
                        f"{c['gaps_s']} s (exponential, capped by `--backoff-max`, 0.5 s in "
                        "the test).")
         b = f.get("backend_killed")
-        if b:
+        if b and "in_flight" in b:
+            sp = b.get("slow_path", {})
             out.append(f"- **Backend SIGKILLed** (details-2 of 2): before the kill "
-                       f"{b['before']} requests, {b['before_failed']} failed; between the kill "
-                       f"and the control plane removing the endpoint {b['between']} requests, "
-                       f"{b['between_failed']} failed ({b.get('failures_between')}); after the "
-                       f"removal {b['after']} requests, {b['after_failed']} failed. Requests "
-                       "picked for the dead endpoint before EDS removes it get a 503 and the "
-                       "application's connection stays usable. sockmesh does no health checking "
-                       "or outlier detection of its own (the mesh config asks for none and has "
-                       "no retry policy; Envoy's behaviour in that case was not measured here), "
-                       "so the strict goal 'no failure after the kill' holds only from the "
-                       "EDS removal on.")
+                       f"{b['before']} requests, {b['before_failed']} failed; in flight at the "
+                       f"kill {b['in_flight']}, {b['in_flight_failed']} failed "
+                       f"({b.get('failures_in_flight')}); started after the process was gone "
+                       f"and before the control plane removed the endpoint ({b['window_s']} s) "
+                       f"{b['between']}, {b['between_failed']} failed; after the removal "
+                       f"{b['after']}, {b['after_failed']} failed. The pool showed no idle "
+                       f"connection to the dead endpoint {b['detected_ms']} ms after its death "
+                       f"(one metrics scrape takes {b['scrape_ms']} ms). In that window the "
+                       f"kernel served {b['fast_in_window']} requests and handed "
+                       f"{b['pool_empty_in_window']} to the slow path (`pool_empty`: no idle "
+                       f"connection to the picked endpoint), which proxied "
+                       f"{sp.get('proxied', 0)}, met {sp.get('upstream_connect_error', 0)} "
+                       f"refused connects and retried each on the other host "
+                       f"({sp.get('retried', 0)} retries, {sp.get('upstream_connect_failed', 0)}"
+                       " requests out of attempts). As Envoy under Istio's default route retry "
+                       "policy (connect-failure, 2 retries, previous hosts skipped); like Envoy "
+                       "without `outlier_detection`, the dead endpoint is not ejected: each "
+                       "request picked for it costs one refused loopback connect until EDS "
+                       "removes it.")
         k = f.get("keepalive_timeout")
         if k:
             out.append(f"- **Keep-alive timeout on the backend** (closes connections idle "
@@ -199,6 +209,28 @@ def faults_section(f: dict[str, Any] | None, soak_ci: dict[str, Any] | None,
                        f"virtual host, limit SM_RULES_PER_VHOST): {r['requests']} requests, "
                        f"{r['failed']} failed, {r['slow_path_limit']} served by the slow "
                        "path (counter `limit`), routed as before.")
+        h = f.get("cluster_over_host_limit")
+        if h:
+            out.append(f"- **A cluster over its kernel limit** ({h['endpoints']} endpoints, limit "
+                       f"SM_HOSTS_PER_CLUSTER; the encoder flags it SM_CL_USER): "
+                       f"{h['requests']} requests, {h['failed']} failed, "
+                       f"{h['slow_path_limit']} handed to the slow path (`limit`, plus "
+                       f"{h['slow_path_sticky']} `sticky`), spread over "
+                       f"{h['distinct_endpoints']} distinct endpoints.")
+        m = f.get("clients_map_full")
+        if m:
+            out.append(f"- **Client map full** (sm_clients_v2, an LRU of SM_MAX_CLIENTS "
+                       f"entries): {m['entries_written']} entries of connections that do not "
+                       f"exist written while a keep-alive connection was open; the LRU "
+                       f"{'evicted' if m['evicted_by_fill'] else 'kept'} the open connection's "
+                       "entry (the programs use it; the test then removes it as an eviction "
+                       f"would). Its next {m['evicted_connection_requests']} requests: "
+                       f"{m['evicted_connection_failed']} failed, {m['by_slow_path']} served by "
+                       "the slow path with the state it read at accept; a new connection got an "
+                       f"entry and {m['new_connection_fast']} request on the kernel path. "
+                       "Pool slots cannot fill up (sm_slots_v1 has SM_POOL_PER_ENDPOINT slots "
+                       "for every endpoint id); an endpoint whose pool is all busy sends the "
+                       "request to the slow path (`pool_empty`, tests/kernel/test_slow_path.py).")
     for label, s in (("Soak, CI (60 s)", soak_ci), ("Soak, scripts/soak.py", soak_long)):
         if s:
             out.append(f"- **{label}**: {s['seconds']} s of mixed traffic (all four "
@@ -246,7 +278,17 @@ BUGS = ["## Bugs this suite found (fixed)", "",
         "became 12), control characters in header values and unknown methods were routed in "
         "kernel; now handed to the slow path, which refuses them."),
         ("- Slow path: a refused connect to an endpoint closed the application's connection "
-        "without a response; now a 503 on that request, as Envoy."), ""]
+        "without a response; now a 503 on that request, as Envoy."),
+        ("- A killed backend failed requests until the control plane removed it (49 of 194 "
+        "between the kill and the EDS removal in one run): the slow path answered 503 on a refused "
+        "connect, and an upstream reset after sending closed the application's connection. "
+        "Now a refused connect is retried on another host, and a reset is a 503 on a "
+        "connection that stays usable."),
+        ("- A connection whose entry the full LRU client map evicted was answered 404 by the "
+        "slow path (no route table); now routed with the state read at accept."),
+        ("- Kernel path: a chunked request whose first chunk size was malformed was "
+        "dispatched before the bad size was seen; now handed to the slow path, 400 as "
+        "Envoy."), ""]
 
 REPRO = ["## How to reproduce", "",
          "```",
