@@ -2,10 +2,14 @@
 
 Data flow: the :class:`~xds_client.XdsClient` validates every response with the translator
 (a resource the translator rejects is NACKed with the TranslationError message, so the last
-good config keeps serving) and delivers a consistent snapshot after each ACKed change; the
-agent translates the snapshot into tables and hands them to the datapath, which writes them
-into the kernel maps as a diff.  Snapshots that arrive while one is being applied are
-coalesced: only the newest is applied next, in order, from one worker.
+good config keeps serving) and delivers a consistent snapshot after each ACKed change.  The
+agent keeps one :class:`~translator.TableBuilder` holding the translation of every resource
+the client accepted: validating a response feeds only the resources that changed into it,
+all or nothing (``TableBuilder.update``), so a NACK leaves it as it was and nothing is
+translated twice.  Each snapshot takes the builder's tables; the datapath gets them with the
+diff against what it holds and writes only that diff into the kernel maps.  Snapshots that
+arrive while one is being applied are coalesced: only the newest is applied next, in order,
+from one worker.
 
 Make-before-break is the datapath's job inside ``apply`` (clusters and endpoints are written
 before the services and routes that point at them) and the xDS client's before that (CDS/EDS
@@ -34,11 +38,17 @@ from typing import Any, Protocol
 from envoy.config.core.v3 import base_pb2
 from google.protobuf.message import Message
 
-from integration.validation import translator_validator
-from translator import TranslationError, translate
-from translator.resources import ResourceSet
+from translator import TableBuilder, TablesDiff, diff_tables
 from translator.tables import Tables
-from xds_client import CLUSTER, LISTENER, Nack, Snapshot, XdsClient
+from xds_client import (
+    CLUSTER,
+    CLUSTER_LOAD_ASSIGNMENT,
+    LISTENER,
+    ROUTE_CONFIGURATION,
+    Nack,
+    Snapshot,
+    XdsClient,
+)
 from xds_client.resource_types import SHORT_NAMES
 
 log = logging.getLogger(__name__)
@@ -58,7 +68,7 @@ class Datapath(Protocol):
 
     def load(self) -> object: ...
 
-    def apply(self, tables: Tables) -> Any: ...
+    def apply(self, tables: Tables, diff: TablesDiff | None = None) -> Any: ...
 
     def close(self, detach: bool = True) -> None: ...
 
@@ -113,16 +123,7 @@ class ApplyRecord:
     endpoints: int = 0
 
 
-def resource_set(snapshot: Snapshot) -> ResourceSet:
-    """The ResourceSet of an xDS snapshot (the client already validated each resource)."""
-    rs = ResourceSet()
-    for type_url, resources in snapshot.resources.items():
-        try:
-            target = rs.by_type(type_url)
-        except KeyError:
-            continue
-        target.update(resources)
-    return rs
+RESOURCE_TYPES = (CLUSTER_LOAD_ASSIGNMENT, CLUSTER, ROUTE_CONFIGURATION, LISTENER)
 
 
 class Agent:
@@ -142,14 +143,20 @@ class Agent:
         self.datapath: Datapath | None = None
         self.datapath_error: str | None = None
         self.started_at = time.time()
+        # the translation of every resource the client holds (validated and ACKed), and the
+        # very messages it was given, per type; both touched on the event loop only
+        self._builder = TableBuilder()
+        self._fed: dict[str, dict[str, Message]] = {t: {} for t in RESOURCE_TYPES}
+        # what the datapath holds (rows shared with the builder's); the next diff's base
         self.tables: Tables | None = None
+        self._diff_ok = False  # the datapath holds exactly self.tables
         self.applied: ApplyRecord | None = None
         self.applies = 0
         self.apply_errors = 0
         self.last_apply_error: ApplyRecord | None = None
         self.last_nack: dict[str, Any] | None = None
         self.nack_count = 0
-        self._latest: Snapshot | None = None
+        self._latest: tuple[dict[str, str], Tables] | None = None
         self._pending = asyncio.Event()
         self._applied_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -218,20 +225,54 @@ class Agent:
     # ---- xDS -> tables -> datapath ----------------------------------------------------
 
     def _validate(self, type_url: str, resources: Mapping[str, Message]) -> None:
-        """The client's validator: each resource on its own (translator.validate_resource),
-        then the last good snapshot with this response in it, translated whole, so that a
-        cross-resource error (a route config with validate_clusters naming a cluster that
-        does not exist) is a NACK too, never an ACK the datapath then cannot apply."""
-        translator_validator(type_url, resources)
-        candidate = resource_set(self.client.snapshot())
-        target = candidate.by_type(type_url)
+        """The client's validator: the resources of this response that differ from what the
+        client holds go into the builder together (``TableBuilder.update``), so a resource
+        the translator rejects, or a cross-resource error (a route config with
+        validate_clusters naming a cluster that does not exist, a cluster removed that one
+        still names), raises its TranslationError: a NACK, the builder unchanged.  Resources
+        equal to the ones held are not translated again."""
+        self._sync({t: self.client.core.resources(t) for t in RESOURCE_TYPES})
+        fed = self._fed[type_url]
+        changes: list[tuple[str, str, Message | None]] = [
+            (type_url, n, m) for n, m in resources.items() if not _same(fed.get(n), m)]
         if not self.config.delta and type_url in (LISTENER, CLUSTER):
-            target.clear()  # a SotW response of a wildcard type is its complete state
-        target.update(resources)
-        translate(candidate)
+            # a SotW response of a wildcard type is its complete state
+            changes += [(type_url, n, None) for n in fed if n not in resources]
+        if changes:
+            self._builder.update(changes)
+        for name, msg in resources.items():
+            # hold the client's new objects (it keeps these), not equal older copies
+            self._builder.hold(type_url, name, msg)
+            fed[name] = msg
+        for _, name, msg in changes:
+            if msg is None:
+                del fed[name]
+
+    def _sync(self, held: Mapping[str, Mapping[str, Message]]) -> None:
+        """Make the builder hold what the client holds: the client drops what it accepted
+        but did not ask for, route configs and endpoints no longer referenced, and delta
+        removals, none of which passes the validator.  Removals are not rejected (the client
+        already dropped them)."""
+        for type_url, fed in self._fed.items():
+            now = held.get(type_url, {})
+            for name in [n for n in fed if n not in now]:
+                self._builder.apply(type_url, name, None)
+                del fed[name]
+            for name, msg in now.items():
+                if fed.get(name) is not msg:  # only what skipped the validator
+                    if not _same(fed.get(name), msg):
+                        self._builder.apply(type_url, name, msg)
+                    self._builder.hold(type_url, name, msg)
+                    fed[name] = msg
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
-        self._latest = snapshot
+        versions = {SHORT_NAMES.get(t, t): v for t, v in snapshot.versions.items()}
+        try:
+            self._sync(snapshot.resources)
+        except Exception as exc:  # noqa: BLE001 - keep the last good config serving
+            self._apply_failed(versions, time.time(), 0.0, exc)
+            return
+        self._latest = (versions, self._builder.tables())
         self._pending.set()
 
     def _on_nack(self, nack: Nack) -> None:
@@ -250,26 +291,25 @@ class Agent:
         while True:
             await self._pending.wait()
             self._pending.clear()
-            snapshot = self._latest
-            if snapshot is None:
+            latest, self._latest = self._latest, None
+            if latest is None:
                 continue
-            await asyncio.to_thread(self._apply, snapshot)
+            await asyncio.to_thread(self._apply, *latest)
             old, self._applied_event = self._applied_event, asyncio.Event()
             old.set()
 
-    def _apply(self, snapshot: Snapshot) -> None:
+    def _apply(self, versions: dict[str, str], tables: Tables) -> None:
         started, t0 = time.time(), time.perf_counter()
-        versions = {SHORT_NAMES.get(t, t): v for t, v in snapshot.versions.items()}
         try:
-            tables = translate(resource_set(snapshot))
             if self.datapath is not None:
-                self.datapath.apply(tables)
-        except (TranslationError, Exception) as exc:  # noqa: BLE001 - keep the last good
-            self.apply_errors += 1
-            self.last_apply_error = ApplyRecord(versions, started, time.perf_counter() - t0,
-                                                error=str(exc))
-            log.error("config versions %s not applied, last good config keeps serving: %s",
-                      versions, exc)
+                # the diff only when the datapath is known to hold self.tables (not after a
+                # failed apply): then it computes what differs itself
+                diff = diff_tables(self.tables or Tables(), tables) if self._diff_ok else None
+                self._diff_ok = False
+                self.datapath.apply(tables, diff)
+                self._diff_ok = True
+        except Exception as exc:  # noqa: BLE001 - keep the last good config serving
+            self._apply_failed(versions, started, time.perf_counter() - t0, exc)
             return
         self.tables = tables
         self.applies += 1
@@ -282,6 +322,13 @@ class Agent:
         log.info("applied config %s in %.1f ms (%d services, %d route tables, %d clusters)",
                  versions, self.applied.seconds * 1000, self.applied.services,
                  self.applied.route_tables, self.applied.clusters)
+
+    def _apply_failed(self, versions: dict[str, str], started: float, seconds: float,
+                      exc: Exception) -> None:
+        self.apply_errors += 1
+        self.last_apply_error = ApplyRecord(versions, started, seconds, error=str(exc))
+        log.error("config versions %s not applied, last good config keeps serving: %s",
+                  versions, exc)
 
     async def wait_applied(self, predicate: Callable[[Agent], bool], timeout: float) -> None:
         """Wait until ``predicate(self)`` holds, re-checked after each apply."""
@@ -376,6 +423,10 @@ class Agent:
         if isinstance(counters, Mapping) and "error" not in counters:
             out["fast_path_share"] = fast_path_share(counters)
         return out
+
+
+def _same(held: Message | None, msg: Message) -> bool:
+    return held is msg or (held is not None and held == msg)
 
 
 def _adopted(dp: object) -> bool:

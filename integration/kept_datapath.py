@@ -7,7 +7,10 @@ the agent.  This class is the agent-side proxy with the same surface the agent u
 
     load():  a keeper already serving this pin dir?  adopt it (nothing is reloaded);
              else start one, which loads (or re-attaches) the pinned programs.
-    apply(): the tables go to the keeper's Datapath.apply.
+    apply(): only the TablesDiff goes to the keeper, which rebuilds its tables from the
+             ones it holds (translator.table_builder.apply_diff) and gives both to its
+             Datapath.apply; the whole tables when there is no diff or the keeper does not
+             hold the tables the diff starts from (adopted, or after a failed apply).
     close(detach=True):  the keeper detaches, unpins and exits (SIGTERM).
     close(detach=False): drop the connection; keeper, programs and maps keep serving.
 """
@@ -19,6 +22,7 @@ from typing import Any
 
 from bpf.datapath import Datapath as BpfDatapath
 from integration import socket_keeper
+from translator.table_builder import TablesDiff
 from translator.tables import Tables
 
 
@@ -31,8 +35,10 @@ class KeptDatapath:
         self.pin_dir = Path(pin_dir)
         self.splice_addr = splice_addr  # None: bpf's default (loopback)
         self.keeper: socket_keeper.KeeperClient | None = None
-        self.tables = Tables()
         self.adopted = False
+        # the keeper's generation of the tables it holds, as of our last apply (None: not
+        # known, e.g. a keeper we adopted: the next apply sends whole tables)
+        self._generation: int | None = None
         # counters are read straight from the pinned map; this instance is never loaded
         self._reader = BpfDatapath(self.cgroups, self.pin_dir)
 
@@ -46,6 +52,7 @@ class KeptDatapath:
             keeper = socket_keeper.spawn(self.cgroups, self.pin_dir, self.splice_addr)
             self.adopted = bool(keeper.info.get("reused_pins"))
         self.keeper = keeper
+        self._generation = None
         return self
 
     def _call(self, *msg: Any, timeout: float = 60.0) -> Any:
@@ -53,11 +60,21 @@ class KeptDatapath:
             raise socket_keeper.KeeperError("datapath not loaded")
         return self.keeper.call(*msg, timeout=timeout)
 
-    def apply(self, tables: Tables) -> dict[str, int]:
-        """Write ``tables`` through the keeper's Datapath (diffs, make-before-break)."""
-        stats: dict[str, int] = self._call("apply", tables)
-        self.tables = tables
-        return stats
+    def apply(self, tables: Tables, diff: TablesDiff | None = None) -> dict[str, int]:
+        """Write ``tables`` through the keeper's Datapath (diffs, make-before-break).
+
+        ``diff`` (what changed since the last apply) is all that is sent when the keeper
+        holds the tables of our last apply; else, or without a diff, the whole tables."""
+        base, self._generation = self._generation, None  # unknown until this one succeeds
+        reply: dict[str, int] | None = None
+        if diff is not None and base is not None:
+            reply = self._call("apply_diff", base, diff)
+            if "resend" in reply:  # it holds other tables than the diff starts from
+                reply = None
+        if reply is None:
+            reply = self._call("apply", tables)
+        self._generation = reply.pop("generation", None)
+        return reply
 
     def counters(self) -> dict[str, int]:
         """Per-reason counters summed over CPUs, from the pinned map."""
@@ -76,7 +93,8 @@ class KeptDatapath:
         return list(self._call("endpoint_stats", timeout=10))
 
     def keeper_stats(self) -> dict[str, Any]:
-        """The slow path's outcomes and pool maintenance counts."""
+        """The slow path's outcomes, pool maintenance counts, applies by kind (whole
+        tables or diffs)."""
         return dict(self._call("stats", timeout=10))
 
     def dump(self) -> dict[str, Any]:

@@ -6,8 +6,9 @@ connections and the pooled backend connections are sockets, and sockets die with
 that owns them.  If the agent owned them, a SIGKILL would close every spliced connection and
 refuse new ones until a new agent started.  So the agent runs ``bpf.datapath.Datapath``
 (loader, encoder, splice listener with the slow path, pools: all of it, unchanged) in this
-process, started in its own session, and sends it each new set of tables.  A restarted agent
-finds the keeper by its control socket and adopts it; nothing is dropped.
+process, started in its own session, and sends it what changed in the tables (a TablesDiff;
+the keeper rebuilds its tables from the ones it holds).  A restarted agent finds the keeper
+by its control socket and adopts it; nothing is dropped.
 
 Lifetime: ``stop`` from the agent (SIGTERM path: detach and unpin, or keep pinned), or the
 pin dir disappearing (checked every second), ends it.  Control: multiprocessing.connection
@@ -20,6 +21,7 @@ it.  At start it prints one JSON line: ``{"ok": true}`` or ``{"error": "why"}``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -34,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import integration
+from translator.table_builder import TablesDiff, apply_diff
+from translator.tables import Tables
 
 log = logging.getLogger(__name__)
 RUN_DIR = Path("/run/sockmesh")
@@ -184,6 +188,19 @@ class Keeper:
         self.dp = Datapath(cgroups, pin_dir, splice_addr=splice_addr)
         self.stopping = threading.Event()
         self.detach = True
+        # which tables dp holds: the agent's diffs name the generation they start from
+        self._generations = itertools.count(1)
+        self.generation: int | None = None
+        self.applies = {"tables": 0, "diffs": 0}  # what the agent sent, by kind
+        self._apply_lock = threading.RLock()
+
+    def _apply(self, tables: Tables, diff: TablesDiff | None) -> dict[str, Any]:
+        with self._apply_lock:
+            self.generation = None  # not known if this one fails half way
+            stats = dict(self.dp.apply(tables, diff))
+            self.generation = next(self._generations)
+            self.applies["tables" if diff is None else "diffs"] += 1
+            return {**stats, "generation": self.generation}
 
     def handle(self, msg: tuple[Any, ...]) -> Any:
         """One request from the agent -> its reply."""
@@ -194,8 +211,13 @@ class Keeper:
         if op == "hello":
             return {"pid": os.getpid(), "splice": list(dp.splice.addr) if dp.splice else None,
                     "reused_pins": bool(dp.loader and dp.loader.reused)}
-        if op == "apply":
-            return dp.apply(msg[1])
+        if op == "apply":  # ("apply", tables)
+            return self._apply(msg[1], None)
+        if op == "apply_diff":  # ("apply_diff", generation it starts from, diff)
+            with self._apply_lock:
+                if msg[1] != self.generation:
+                    return {"resend": f"holds generation {self.generation}, not {msg[1]}"}
+                return self._apply(apply_diff(dp.tables, msg[2]), msg[2])
         if op == "names":
             return info.names(dp.encoder)
         if op == "map_fill":
@@ -207,7 +229,8 @@ class Keeper:
         if op == "stats":
             return {"slow_path": dict(dp.splice.stats) if dp.splice else {},
                     "pool_replaced": dp.pools.replaced if dp.pools else 0,
-                    "pool_grown": dp.pools.grown if dp.pools else 0}
+                    "pool_grown": dp.pools.grown if dp.pools else 0,
+                    "applies": dict(self.applies)}
         if op == "stop":
             # close before answering, so the agent knows the programs are detached (or
             # deliberately left pinned) when the reply arrives
