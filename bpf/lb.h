@@ -6,8 +6,9 @@
  * get traffic; for weighted ROUND_ROBIN, and for ROUND_ROBIN/RANDOM traffic spilling over
  * several priority levels, it wrote a smooth weighted round-robin ring whose entries are in
  * exact proportion to each host's share, so one pass of the ring (or a uniform index into
- * it) gives Envoy's split.  LEAST_REQUEST spilling over levels is SM_CL_USER.  The kernel
- * only indexes the ring or samples the host list.
+ * it) gives Envoy's split.  A LEAST_REQUEST spill ring has host weights 0: sk_msg hands it
+ * to user space, connect4 samples it.  The kernel only indexes the ring or samples the host
+ * list.
  */
 #ifndef SOCKMESH_LB_H
 #define SOCKMESH_LB_H
@@ -60,6 +61,17 @@ static __always_inline __u32 sm_pick_endpoint(__u32 cluster_id, __u32 *reason)
 		return sm_host_ep(base, bpf_get_prandom_u32() % n);
 
 	/* LEAST_REQUEST */
+#ifdef SM_LB_PER_REQUEST
+	/* host weight 0: a ring of a traffic spill over priority levels (bpf/lb.py plan).
+	 * Envoy picks the level before it compares active requests, which sampling the ring
+	 * cannot do: hand the request to user space.  connect4 (no SM_LB_PER_REQUEST; L4 has
+	 * no live request counts) samples the ring, each host at its exact share. */
+	struct sm_host *h0 = sm_hosts_v1.lookup(&base);
+	if (h0 && h0->weight == 0) {
+		*reason = SM_R_LIMIT;
+		return 0;
+	}
+#endif
 	if (c->flags & SM_CL_EQUAL_WEIGHTS) {
 		/* Envoy: sample choice_count hosts with replacement, keep the first least loaded */
 		__u32 best = 0;

@@ -31,12 +31,16 @@ Kernel plan: when one level takes all the traffic (the usual case) the kernel ge
 level's hosts (or RR ring) as before.  When traffic spills over several levels, ROUND_ROBIN
 and RANDOM get one ring whose entries are weighted by each host's exact share of the traffic
 (level load x the host's share inside its level), so the kernel's ring walk or uniform index
-gives Envoy's split; LEAST_REQUEST, and rings longer than the kernel's host table, go to user
-space (``ClusterPlan.user`` says why).
+gives Envoy's split.  LEAST_REQUEST gets such a ring too (shares by weight inside a level)
+with every entry's weight set to SPILL_WEIGHT: Envoy picks the level before comparing active
+requests, which sampling the ring cannot do, so sk_msg hands those requests to user space
+(SM_R_LIMIT), while connect4 (L4, no live request counts) samples the ring.  Rings longer
+than the kernel's host table go to user space (``ClusterPlan.user`` says why).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import threading
@@ -46,6 +50,9 @@ from dataclasses import dataclass
 from translator.tables import Cluster, Endpoint, Health, LbPolicy
 
 HEALTHY = (Health.HEALTHY, Health.UNKNOWN)
+# host weight in the kernel's host table marking a LEAST_REQUEST spill ring (real weights
+# are >= 1); lb.h's sm_pick_endpoint checks it
+SPILL_WEIGHT = 0
 # EDS DRAINING hosts are excluded from a level's counts (but panic still routes to them)
 EXCLUDED = (Health.DRAINING,)
 
@@ -200,7 +207,9 @@ class ClusterPlan:
     """What the encoder writes for one cluster."""
 
     policy: LbPolicy
-    hosts: list[Endpoint]  # the RR ring for ROUND_ROBIN (or a spill), else the usable hosts
+    # the RR ring for ROUND_ROBIN, a spill ring (weights SPILL_WEIGHT for LEAST_REQUEST),
+    # else the usable hosts
+    hosts: list[Endpoint]
     equal: bool
     user: str | None  # why the kernel must hand this cluster to user space, or None
 
@@ -211,14 +220,12 @@ def plan(cluster: Cluster, max_hosts: int, max_choices: int) -> ClusterPlan:
     user = None
     if len(slots) > 1:
         loads = ", ".join(f"P{s.priority}{'d' if s.degraded else ''}={s.load}%" for s in slots)
+        hosts = _ring(*spill_weights(cluster.lb_policy, slots))
         if cluster.lb_policy is LbPolicy.LEAST_REQUEST:
-            hosts = usable_hosts(cluster)  # kept so the cluster stays usable; user space picks
-            user = f"priority spill ({loads}) with LEAST_REQUEST"
-        else:
-            hosts = _ring(*spill_weights(cluster.lb_policy, slots))
-            if len(hosts) > max_hosts:
-                user = f"priority spill ({loads}) needs {len(hosts)} ring entries > {max_hosts}"
-        return ClusterPlan(cluster.lb_policy, hosts, equal_weights(hosts), user)
+            hosts = [dataclasses.replace(h, weight=SPILL_WEIGHT) for h in hosts]
+        if len(hosts) > max_hosts:
+            user = f"priority spill ({loads}) needs {len(hosts)} ring entries > {max_hosts}"
+        return ClusterPlan(cluster.lb_policy, hosts, True, user)
     hosts = list(slots[0].hosts) if slots else []
     equal = equal_weights(hosts)
     if cluster.lb_policy is LbPolicy.ROUND_ROBIN and not equal:

@@ -16,6 +16,7 @@
 #include "http_parse.h"
 #include "http_frame.h"
 #include "route.h"
+#define SM_LB_PER_REQUEST 1 /* lb.h: LEAST_REQUEST spill rings go to user space */
 #include "lb.h"
 
 

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from bpf.lb import Picker, plan, priority_slots
+from bpf.lb import SPILL_WEIGHT, Picker, plan, priority_slots
 from translator.tables import Cluster, Endpoint, Health, LbPolicy
 
 H, D, U = Health.HEALTHY, Health.DEGRADED, Health.UNHEALTHY
@@ -173,10 +173,13 @@ def test_kernel_plan_encodes_the_spill_exactly(policy: LbPolicy) -> None:
     assert {port: 100 * k / total for port, k in share.items()} == pytest.approx(want)
 
 
-def test_kernel_plan_hands_least_request_spill_to_user_space() -> None:
-    c = Cluster("c", LbPolicy.LEAST_REQUEST, tuple(level(0, 50) + level(1, 100)))
-    p = plan(c, 256, 8)
-    assert p.user and "LEAST_REQUEST" in p.user and p.hosts
+def test_kernel_plan_marks_a_least_request_spill_ring() -> None:
+    p0 = [Endpoint("127.0.0.1", 1), Endpoint("127.0.0.1", 2, health=U)]
+    p1 = [Endpoint("127.0.0.1", 3, priority=1)]
+    p = plan(Cluster("c", LbPolicy.LEAST_REQUEST, tuple(p0 + p1)), 256, 8)
+    # weight 0: sk_msg hands it to user space, connect4 samples the exact 70/30 ring
+    assert p.user is None and p.equal and {h.weight for h in p.hosts} == {SPILL_WEIGHT}
+    assert Counter(h.port for h in p.hosts) == {1: 7, 3: 3}
     one = plan(Cluster("c", LbPolicy.LEAST_REQUEST, tuple(level(0, 10, unhealthy=0))), 256, 8)
     assert one.user is None and len(one.hosts) == 10
 
