@@ -110,7 +110,8 @@ def _framing() -> list[HttpCase]:
             b"Transfer-Encoding: chunked"], body=b"\r\nab\r\n0\r\n\r\n"), REJECT),
         HttpCase("chunk_size_inner_space", f, req(b"POST", headers=[
             b"Transfer-Encoding: chunked"], body=b"1 1\r\n" + b"a" * 17 + b"\r\n0\r\n\r\n"),
-            REJECT),
+            REJECT, envoy_note="Envoy routes it; sockmesh refuses white space inside a chunk "
+            "size (RFC 9112 allows none there)"),
         HttpCase("chunk_data_longer_than_size", f, req(b"POST", headers=[
             b"Transfer-Encoding: chunked"], body=b"2\r\nabcdef\r\n0\r\n\r\n"), REJECT,
             kernel_streams_body=True,
