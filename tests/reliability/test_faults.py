@@ -288,7 +288,8 @@ def test_cluster_over_the_kernel_host_limit_goes_to_slow_path(tmp: Path) -> None
     assert not errors(records), errors(records)[:3]
     assert details and limit_hits > 0 and limit_hits + sticky >= sum(details.values())
     assert all(name.startswith("big-") for name in details)
-    assert len(details) > 20  # RANDOM over all of them, not a kernel-sized subset
+    # RANDOM over 260 endpoints: nearly every request on another one
+    assert sum(details.values()) >= 10 and len(details) >= 0.7 * sum(details.values())
 
 
 def test_client_state_evicted_from_full_map_goes_to_slow_path(tmp: Path) -> None:
