@@ -7,6 +7,8 @@ traceback from deep inside bcc.
 
 from __future__ import annotations
 
+import ctypes.util
+import importlib.util
 import os
 import platform
 from pathlib import Path
@@ -29,11 +31,11 @@ def missing_for_datapath() -> list[str]:
                        f"{CGROUP2_ROOT})")
     if not BPFFS.is_dir() or not os.path.ismount(BPFFS):
         missing.append(f"bpffs not mounted at {BPFFS} (mount -t bpf bpf {BPFFS})")
-    try:
-        import bcc  # noqa: F401
-    except ImportError as exc:
-        missing.append(f"bcc is not importable ({exc}): install Debian's python3-bpfcc and use "
-                       "a venv with --system-site-packages (scripts/setup.sh does both)")
+    # looked up, not imported: importing bcc maps libbcc with LLVM and clang (~55 MB of RSS)
+    # into the agent, which never compiles (its socket keeper does)
+    if importlib.util.find_spec("bcc") is None or ctypes.util.find_library("bcc") is None:
+        missing.append("bcc is not importable: install Debian's python3-bpfcc and use a venv "
+                       "with --system-site-packages (scripts/setup.sh does both)")
     build = Path("/lib/modules") / platform.release() / "build"
     if not build.exists():
         missing.append(f"no kernel headers at {build} (bcc compiles against them; "

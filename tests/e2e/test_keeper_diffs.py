@@ -2,11 +2,13 @@
 rebuilds its tables from the ones it holds, and the pinned maps say what the agent's tables
 say.  A handle that does not know what the keeper holds (an agent that adopted it, or one
 another handle got ahead of) sends whole tables instead of a diff from the wrong base.
+And the agent's memory: only the keeper loads bcc's compiler libraries.
 Real keeper process and datapath on a test cgroup; nothing listens on the endpoints.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,8 @@ import pytest
 from integration import socket_keeper
 from integration.demo import mesh
 from integration.kept_datapath import KeptDatapath
-from tests.e2e.agent_harness import mesh_cgroup
+from integration.xds_server import AdsServer
+from tests.e2e.agent_harness import AgentProc, mesh_cgroup
 from translator import diff_tables, translate
 from translator.tables import Tables
 
@@ -81,3 +84,28 @@ def test_keeper_applies_diffs_and_a_handle_that_lost_track_sends_tables(
     b.close(detach=False)
     a.close(detach=True)
     assert socket_keeper.connect(pin) is None
+
+
+def _maps_libs(pid: int) -> set[str]:
+    return {line.rsplit("/", 1)[-1].strip() for line in Path(f"/proc/{pid}/maps").read_text()
+            .splitlines() if ".so" in line}
+
+
+async def test_the_agent_does_not_load_llvm_its_keeper_does(pinned: tuple[Path, Path]) -> None:
+    """bcc maps libbcc with LLVM and clang (~55 MB resident): only the keeper compiles."""
+    cg, pin = pinned
+    server = AdsServer(mesh.mesh_resources({c: [("127.0.0.1", 21000)] for c in mesh.CLUSTERS}))
+    agent = None
+    try:
+        agent = AgentProc(f"127.0.0.1:{await server.start('127.0.0.1', 0)}", cg, pin)
+        agent.start()
+        st = await asyncio.to_thread(agent.wait_applied, lambda s: s["datapath"]["loaded"])
+        assert agent.proc is not None
+        keeper = _maps_libs(st["datapath"]["socket_keeper_pid"])
+        assert any(lib.startswith("libLLVM") for lib in keeper), sorted(keeper)
+        mine = _maps_libs(agent.proc.pid)
+        assert not {lib for lib in mine if lib.startswith(("libLLVM", "libclang", "libbcc"))}
+    finally:
+        if agent is not None:
+            assert await asyncio.to_thread(agent.stop) == 0, agent.output()
+        await server.stop(grace=0.2)
