@@ -185,9 +185,10 @@ def profile_lines(r: dict[str, Any], top: int = 6) -> list[str]:
         lines.append(
             f"- {LABELS['kernel']} adds {split['added_p50_us']:+.1f} us p50 over direct at low "
             f"rate: {split['bpf_us']:.2f} us of it runs in the BPF programs, "
-            f"{split['rest_us']:.1f} us elsewhere: the kernel's work around them, chiefly "
-            "(by elimination, not traced) the deferred sk_skb redirect of each response to "
-            "the sk_psock backlog worker, which every sk_skb redirect goes through)")
+            f"{split['rest_us']:.1f} us elsewhere: the kernel's sockmap redirects (the "
+            "response's sk_skb redirect goes through the sk_psock backlog worker) and costs "
+            "of the programs not counted as their run time (scripts/latency_floor.py "
+            "separates the two)")
     for name in ("kernel", "slow"):
         bp = r["scenarios"].get(name, {}).get("bpf_programs")
         if bp:
