@@ -15,6 +15,9 @@ pin dir disappearing (checked every second), ends it.  Control: multiprocessing.
 over a root-only unix socket ``/run/sockmesh/<pin dir name>.sock`` with a random key next to
 it.  At start it prints one JSON line: ``{"ok": true}`` or ``{"error": "why"}``.
 
+Memory: the keeper never loads bcc's compiler; a child process it starts compiles, loads,
+attaches and pins the programs and exits, and the keeper opens the pinned programs.
+
     python -m integration.socket_keeper --pin-dir PATH --cgroup PATH...  (started by the agent)
 """
 
@@ -189,6 +192,7 @@ class Keeper:
         self.dp = Datapath(cgroups, pin_dir, splice_addr=splice_addr)
         self.stopping = threading.Event()
         self.detach = True
+        self.compiled = False  # its child compiled the programs (else they were pinned)
         # which tables dp holds: the agent's diffs name the generation they start from
         self._generations = itertools.count(1)
         self.generation: int | None = None
@@ -213,7 +217,7 @@ class Keeper:
         dp = self.dp
         if op == "hello":
             return {"pid": os.getpid(), "splice": list(dp.splice.addr) if dp.splice else None,
-                    "reused_pins": bool(dp.loader and dp.loader.reused)}
+                    "reused_pins": bool(dp.loader and dp.loader.reused) and not self.compiled}
         if op == "apply":  # ("apply", tables)
             return self._apply(msg[1], None)
         if op == "apply_diff":  # ("apply_diff", generation it starts from, diff)
@@ -245,8 +249,8 @@ class Keeper:
 
 
 def release_freed_memory() -> None:
-    """Give the heap memory malloc holds free back to the system (glibc's malloc_trim):
-    after bcc compiled the programs about 40 MB of it stays resident otherwise."""
+    """Give the heap memory malloc holds free back to the system (glibc's malloc_trim);
+    after whole tables are replaced, tens of MB of it stay resident otherwise."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
@@ -281,23 +285,68 @@ def _conversation(keeper: Keeper, conn: Connection) -> None:
                 return
 
 
+def load_programs_in_child(cgroups: list[Path], pin_dir: Path) -> bool:
+    """Compile, load, attach and pin the programs (bpf.loader) in a short-lived child
+    process, so that bcc's compiler (libbcc with LLVM and clang, ~80 MB resident) never
+    lives in the keeper, which then opens the pinned programs without compiling.  Returns
+    whether the child compiled (False: the pins were there already); KeeperError says why
+    the programs are not loaded."""
+    argv = [sys.executable, "-m", "integration.socket_keeper", "--programs-only",
+            "--pin-dir", str(pin_dir)]
+    for cg in cgroups:
+        argv += ["--cgroup", str(cg)]
+    try:
+        r = subprocess.run(argv, cwd=PKG_ROOT, capture_output=True, text=True,
+                           timeout=START_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise KeeperError(f"loading the programs took over {START_TIMEOUT:g} s") from None
+    lines = r.stdout.strip().splitlines()
+    try:
+        status = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        raise KeeperError(f"loading the programs failed (status {r.returncode}): "
+                          f"{(r.stderr or r.stdout).strip()[-2000:]!r}") from None
+    if "error" in status:
+        raise KeeperError(status["error"])
+    return bool(status["compiled"])
+
+
+def _programs_only(cgroups: list[Path], pin_dir: Path) -> int:
+    from bpf.loader import Loader
+
+    try:
+        loader = Loader(cgroups, pin_dir)
+        loader.load()
+        loader.close(detach=False)  # attached and pinned: they outlive this process
+    except Exception as exc:  # noqa: BLE001 - the keeper reports it
+        print(json.dumps({"error": str(exc) or type(exc).__name__}), flush=True)
+        return 1
+    print(json.dumps({"ok": True, "compiled": not loader.reused}), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Load the datapath, then serve the agent until told to stop or the pins disappear."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pin-dir", type=Path, required=True)
     p.add_argument("--cgroup", type=Path, action="append", required=True)
     p.add_argument("--splice-addr", default=None)
+    p.add_argument("--programs-only", action="store_true",
+                   help="load, attach and pin the programs, then exit (the keeper's child)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(levelname)s socket-keeper: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the agent's Ctrl-C is the agent's
+    if args.programs_only:
+        return _programs_only(args.cgroup, args.pin_dir)
     keeper = Keeper(args.cgroup, args.pin_dir, args.splice_addr)
     try:
-        keeper.dp.load()
+        keeper.compiled = load_programs_in_child(args.cgroup, args.pin_dir)
+        keeper.dp.load()  # opens the pinned programs
     except Exception as exc:  # noqa: BLE001 - the agent fails open with this reason
         print(json.dumps({"error": str(exc) or type(exc).__name__}), flush=True)
         return 1
-    release_freed_memory()  # what compiling the programs allocated and freed
+    release_freed_memory()
     sock, key = control_paths(args.pin_dir)
     listener = Listener(str(sock), family="AF_UNIX", authkey=key.read_bytes())
     sock.chmod(0o600)
