@@ -1,7 +1,9 @@
 """The translator as the xDS client's validator: what turns a response into an ACK or a NACK.
 
-``sockmesh xds-dump --validate``, the agent and the peer tests plug it into ``XdsClient``;
-integration is the one package that knows both the client and the translator.
+``sockmesh xds-dump --validate`` and the peer tests plug it into ``XdsClient``; the agent
+validates through its TableBuilder instead (integration/agent.py: only the resources a
+response changes, with the cross-resource checks).  integration is the one package that
+knows both the client and the translator.
 """
 
 from __future__ import annotations

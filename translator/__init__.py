@@ -13,12 +13,19 @@ from translator.cluster_table import translate_cluster, validate_cla
 from translator.errors import TranslationError, resource_label
 from translator.route_table import translate_route_config, validate_route_config
 from translator.service_table import listener_targets, services_from_listeners
-from translator.table_builder import TableBuilder, TablesDiff, diff_tables, translate
+from translator.table_builder import (
+    TableBuilder,
+    TablesDiff,
+    apply_diff,
+    diff_tables,
+    translate,
+)
 
 __all__ = [
     "TableBuilder",
     "TablesDiff",
     "TranslationError",
+    "apply_diff",
     "diff_tables",
     "services_from_listeners",
     "translate",
