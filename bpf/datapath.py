@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ctypes as C
 import ipaddress
+import logging
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +22,107 @@ from bpf import layout as L
 from bpf.encoder import Encoder, ip_str
 from bpf.lb import Picker
 from bpf.limits import REASONS, limit
-from bpf.loader import Loader
+from bpf.loader import DatapathError, Loader
 from bpf.maps import PinnedMap
 from bpf.pools import Pools
 from bpf.splice import SpliceListener
 from translator.table_builder import TablesDiff
 from translator.tables import Endpoint, Tables
 
+log = logging.getLogger(__name__)
+
 # where the splice listener binds unless told otherwise: applications in this network
 # namespace reach it, nothing else can
 DEFAULT_SPLICE_ADDR = "127.0.0.1"
 SLOT_STATES = {limit("SLOT_EMPTY"): "empty", limit("SLOT_IDLE"): "idle",
                limit("SLOT_BUSY"): "busy", limit("SLOT_DEAD"): "dead"}
+
+
+class PoolFeed:
+    """Hands the encoder's endpoint changes to the pools, in order, from a thread of its own.
+
+    Pools.set_endpoints waits for the pools lock, which a maintenance pass holds while it
+    connects and polls every endpoint (hundreds of ms with thousands of endpoints), so the
+    apply path must not call it.  Queued changes are merged into one call.  An endpoint id
+    is reused only two applies after its release (encoder quarantine); ``before_apply``
+    makes sure the pools dropped every id released that long ago, so a reused id never
+    dispatches on connections to its previous address."""
+
+    DROP_WAIT_S = 30.0
+
+    def __init__(self, pools: Pools) -> None:
+        self.pools = pools
+        self._cv = threading.Condition()
+        self._jobs: list[tuple[int, dict[int, tuple[str, int]], bool]] = []
+        self._applies = 0  # applies seen
+        self._done = 0  # the apply number of the last change the pools have
+        self._drops: list[int] = []  # apply numbers that released endpoints, not yet done
+        self._busy = False  # the thread is handing a batch to the pools
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="sockmesh-poolfeed",
+                                        daemon=True)
+        self._thread.start()
+
+    def before_apply(self) -> None:
+        """Start an apply: wait until ids it may reuse are dropped from the pools."""
+        with self._cv:
+            self._applies += 1
+            due = [a for a in self._drops if a <= self._applies - 2]
+            if due and not self._cv.wait_for(lambda: self._done >= due[-1],
+                                             self.DROP_WAIT_S):
+                self._applies -= 1
+                raise DatapathError(f"the pools did not drop removed endpoints within "
+                                    f"{self.DROP_WAIT_S:g} s; tables not applied")
+            self._drops = [a for a in self._drops if a > self._done]
+
+    def add(self, new: dict[int, tuple[str, int]]) -> None:
+        """Endpoints the maps are about to name (id -> address)."""
+        if new:
+            with self._cv:
+                self._jobs.append((self._applies, dict(new), False))
+                self._cv.notify_all()
+
+    def replace(self, endpoints: dict[int, tuple[str, int]]) -> None:
+        """Every endpoint the maps name now (after a write that removed some)."""
+        with self._cv:
+            self._jobs.append((self._applies, dict(endpoints), True))
+            self._drops.append(self._applies)
+            self._cv.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Whether the pools had every queued change within ``timeout`` seconds."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._jobs and not self._busy, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._jobs or self._stop)
+                if self._stop:
+                    return
+                jobs, self._jobs = self._jobs, []
+                self._busy = True
+            # merge: the last full set (drop the rest) plus what was added after it
+            merged: dict[int, tuple[str, int]] = {}
+            drop = False
+            for _, eps, full in jobs:
+                if full:
+                    merged, drop = dict(eps), True
+                else:
+                    merged.update(eps)
+            try:
+                self.pools.set_endpoints(merged, drop_missing=drop)
+            except Exception:
+                log.exception("handing endpoints to the pools failed")
+            with self._cv:
+                self._done, self._busy = jobs[-1][0], False
+                self._cv.notify_all()
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        self._thread.join(5)
 
 
 class Datapath:
@@ -55,6 +146,7 @@ class Datapath:
         self.loader: Loader | None = None
         self.encoder: Encoder | None = None
         self.pools: Pools | None = None
+        self.pool_feed: PoolFeed | None = None
         self.splice: SpliceListener | None = None
         self.tables = Tables()
 
@@ -81,6 +173,7 @@ class Datapath:
         self.pools = Pools(self.pin_dir, warm=self.warm)
         self.pools.on_lost = self.splice.fail_client
         self.pools.start()
+        self.pool_feed = PoolFeed(self.pools)
 
     def _active_of(self, ep: Endpoint) -> int:
         """The kernel's live active-request count for ep (slow-path LEAST_REQUEST)."""
@@ -109,17 +202,15 @@ class Datapath:
         Never waits for a connect: new endpoints are handed to the pools thread, which
         warms them; until a pool has an idle connection the kernel hands that endpoint's
         requests to the slow path (reason pool_empty), which serves them."""
-        assert self.encoder is not None and self.pools is not None and self.splice is not None
+        assert self.encoder is not None and self.pool_feed is not None
+        assert self.splice is not None
+        feed = self.pool_feed
+        feed.before_apply()
         self.splice.tables = tables  # the slow path sees new tables before the kernel does
-        pools = self.pools
-
-        def register(new: dict[int, tuple[str, int]]) -> None:
-            if new:  # known to the pools before any host list names them
-                pools.set_endpoints(new, drop_missing=False)
-
-        stats = self.encoder.apply(tables, diff, before_write=register)
+        # new endpoints go to the pools before any host list names them
+        stats = self.encoder.apply(tables, diff, before_write=feed.add)
         if stats.removed_endpoints:  # close pools nothing names any more
-            pools.set_endpoints(self.encoder.endpoints())
+            feed.replace(self.encoder.endpoints())
         self.tables = tables
         return {"writes": stats.writes, "deletes": stats.deletes}
 
@@ -145,6 +236,9 @@ class Datapath:
 
     def close(self, detach: bool = True) -> None:
         """Stop pools and the splice listener; detach and unpin unless detach=False."""
+        if self.pool_feed is not None:
+            self.pool_feed.close()
+            self.pool_feed = None
         if self.pools is not None:
             self.pools.close()
             self.pools = None
