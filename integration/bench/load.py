@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -104,3 +105,40 @@ def run_wrk(url: str, *, connections: int, seconds: float, cpu: str | None,
     if proc.returncode != 0:
         raise LoadError(f"wrk exited {proc.returncode}:\n{text}")
     return parse_wrk(text, connections, seconds)
+
+
+def measured_round(url: str, *, spawn: Callable[..., subprocess.Popen[bytes]] | None,
+                   connections: int, seconds: float, warm_s: float, low_s: float,
+                   pace_ms: int, cpu: str, workdir: Path, background_s: float = 1.0,
+                   counters: Callable[[], dict[str, int]] | None = None) -> dict[str, Any]:
+    """One scenario's round as ``sockmesh bench`` measures it: a warm-up, the background
+    (cores busy without our load over ``background_s``), a saturation run with machine CPU
+    from /proc/stat around it, then a paced low-rate run.  ``counters`` (the datapath's)
+    are read around the saturation run and the low-rate run separately."""
+    from integration.bench.system import CpuSample
+
+    run_wrk(url, connections=connections, seconds=warm_s, cpu=cpu, spawn=spawn)
+    b0 = CpuSample.now()
+    time.sleep(background_s)
+    b1 = CpuSample.now()
+    background = b1.busy_seconds_since(b0) / (b1.at - b0.at)
+    read = counters or dict
+    before = read()
+    c0 = CpuSample.now()
+    sat = run_wrk(url, connections=connections, seconds=seconds, cpu=cpu, spawn=spawn)
+    c1 = CpuSample.now()
+    after = read()
+    low = run_wrk(url, connections=1, seconds=low_s, cpu=cpu, spawn=spawn, pace_ms=pace_ms,
+                  workdir=workdir)
+    after_low = read()
+    cpu_s = c1.busy_seconds_since(c0)
+    n = max(sat.requests, 1)
+    return {"saturation": sat.to_json(), "low_rate": low.to_json(), "cpu_s": cpu_s,
+            "softirq_s": c1.softirq_seconds_since(c0),
+            "cpu_busy_share": c1.busy_share_since(c0), "cpu_s_per_10k": cpu_s / n * 1e4,
+            "background_cpu_per_s": background,
+            "cpu_s_per_10k_net": max(cpu_s - background * (c1.at - c0.at), 0.0) / n * 1e4,
+            "counters": {c: v - before.get(c, 0) for c, v in after.items()
+                         if v - before.get(c, 0)},
+            "counters_low_rate": {c: v - after.get(c, 0) for c, v in after_low.items()
+                                  if v - after.get(c, 0)}}
