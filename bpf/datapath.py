@@ -44,9 +44,9 @@ class PoolFeed:
     Pools.set_endpoints waits for the pools lock, which a maintenance pass holds while it
     connects and polls every endpoint (hundreds of ms with thousands of endpoints), so the
     apply path must not call it.  Queued changes are merged into one call.  An endpoint id
-    is reused only two applies after its release (encoder quarantine); ``before_apply``
-    makes sure the pools dropped every id released that long ago, so a reused id never
-    dispatches on connections to its previous address."""
+    is reused only two applies after its release (encoder quarantine), and only once every
+    id was handed out; then ``before_apply`` makes sure the pools dropped every id released
+    that long ago, so a reused id never dispatches on connections to its old address."""
 
     DROP_WAIT_S = 30.0
 
@@ -63,11 +63,11 @@ class PoolFeed:
                                         daemon=True)
         self._thread.start()
 
-    def before_apply(self) -> None:
-        """Start an apply: wait until ids it may reuse are dropped from the pools."""
+    def before_apply(self, reuse: bool) -> None:
+        """Start an apply: if it may reuse endpoint ids, wait until the pools dropped them."""
         with self._cv:
             self._applies += 1
-            due = [a for a in self._drops if a <= self._applies - 2]
+            due = [a for a in self._drops if a <= self._applies - 2] if reuse else []
             if due and not self._cv.wait_for(lambda: self._done >= due[-1],
                                              self.DROP_WAIT_S):
                 self._applies -= 1
@@ -205,7 +205,7 @@ class Datapath:
         assert self.encoder is not None and self.pool_feed is not None
         assert self.splice is not None
         feed = self.pool_feed
-        feed.before_apply()
+        feed.before_apply(reuse=not self.encoder.ep_ids.fresh_left())
         self.splice.tables = tables  # the slow path sees new tables before the kernel does
         # new endpoints go to the pools before any host list names them
         stats = self.encoder.apply(tables, diff, before_write=feed.add)

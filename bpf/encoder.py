@@ -114,8 +114,11 @@ class IdAllocator:
     reusable only from the second ``tick()`` after its release (the apply after the next),
     because in-flight requests and pooled connections may still refer to it meanwhile."""
 
-    def __init__(self, limit_: int) -> None:
+    def __init__(self, limit_: int, fresh_first: bool = False) -> None:
+        """``fresh_first``: hand out never-used ids before released ones (endpoint ids:
+        a reused one must first leave the pools, see datapath.PoolFeed)."""
         self.limit = limit_
+        self.fresh_first = fresh_first
         self.ids: dict[Any, int] = {}
         self._free: list[int] = []
         self._quarantine: list[int] = []
@@ -125,15 +128,19 @@ class IdAllocator:
     def get(self, name: Any) -> int | None:
         if name in self.ids:
             return self.ids[name]
-        if self._free:
+        if self._free and not (self.fresh_first and self.fresh_left()):
             i = self._free.pop()
-        elif self._next < self.limit:
+        elif self.fresh_left():
             i = self._next
             self._next += 1
         else:
             return None
         self.ids[name] = i
         return i
+
+    def fresh_left(self) -> bool:
+        """Whether ids never handed out remain."""
+        return self._next < self.limit
 
     def available(self) -> bool:
         """Whether ``get`` of a new name would give an id now."""
@@ -267,7 +274,7 @@ class Encoder:
         self.rt_ids = IdAllocator(limit("MAX_ROUTE_TABLES"))
         self.vh_ids = IdAllocator(limit("MAX_VHOSTS"))
         self.cluster_ids = IdAllocator(limit("MAX_CLUSTERS"))
-        self.ep_ids = IdAllocator(limit("MAX_ENDPOINTS"))
+        self.ep_ids = IdAllocator(limit("MAX_ENDPOINTS"), fresh_first=True)
         self.rule_ranges = RangeAllocator(limit("MAX_RULES"))
         self.weighted_ranges = RangeAllocator(limit("MAX_WEIGHTED"))
         # header name -> id; slot = FIRST_HDR_SLOT + id - 1.  Names no rule uses any more

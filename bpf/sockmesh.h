@@ -22,7 +22,9 @@
 #define SM_MAX_ROUTE_TABLES 2048     /* flattened RouteConfigurations */
 #define SM_MAX_VHOSTS 65536          /* Istio writes one virtual host per service and port */
 #define SM_MAX_DOMAINS 262144        /* domain names over all virtual hosts */
-#define SM_MAX_RULES 262144          /* rules over all virtual hosts (one global array) */
+#define SM_MAX_RULES 131072          /* rules over all virtual hosts (one global array; 2 per
+                                        vhost at SM_MAX_VHOSTS; an Istio-sized config of 3,186
+                                        clusters has 1,973) */
 #define SM_RULES_PER_VHOST 256       /* rules walked per request; more -> slow path */
 #define SM_CONDS_PER_RULE 4          /* header conditions per rule evaluated in kernel */
 #define SM_MAX_WEIGHTED 65536        /* weighted_clusters entries over all rules */
@@ -367,6 +369,9 @@ struct sm_scratch {
 
 /* ---- maps ----------------------------------------------------------------------------------- */
 #define SM_PIN(name) SM_PIN_DIR "/" #name
+/* hash maps take memory per entry in use, not for max_entries up front (LRU and sockhash
+ * maps cannot: they stay preallocated).  Arrays are always preallocated. */
+#define SM_HASH_FLAGS BPF_F_NO_PREALLOC
 
 /* a pinned sockhash with the socket helper methods bcc offers for BPF_SOCKHASH; the value is
  * 8 bytes because user-space lookups of a 4-byte sockhash value fail with ENOSPC */
@@ -394,7 +399,7 @@ SM_SOCKHASH(sm_poolsocks_v1, __u32, SM_MAX_SLOTS);
 BPF_TABLE_PINNED("array", __u32, struct sm_config, sm_config_v1, 1, SM_PIN(sm_config_v1));
 /* VIP:port -> service.  Writer: encoder. */
 BPF_TABLE_PINNED("hash", struct sm_svc_key, struct sm_service, sm_services_v1, SM_MAX_SERVICES,
-		 SM_PIN(sm_services_v1));
+		 SM_PIN(sm_services_v1), SM_HASH_FLAGS);
 /* socket cookie -> original destination.  Writer: connect4; reader: sockops. */
 BPF_TABLE_PINNED("lru_hash", __u64, struct sm_orig_dst, sm_origdst_v1, SM_MAX_CLIENTS,
 		 SM_PIN(sm_origdst_v1));
@@ -406,7 +411,7 @@ BPF_TABLE_PINNED("array", __u32, struct sm_route_table, sm_rtables_v1, SM_MAX_RO
 		 SM_PIN(sm_rtables_v1));
 /* (route table, kind, len, hash) -> virtual host id.  Writer: encoder. */
 BPF_TABLE_PINNED("hash", struct sm_dom_key, __u32, sm_domains_v1, SM_MAX_DOMAINS,
-		 SM_PIN(sm_domains_v1));
+		 SM_PIN(sm_domains_v1), SM_HASH_FLAGS);
 /* virtual host id -> its range in sm_rules_v1.  Writer: encoder. */
 BPF_TABLE_PINNED("array", __u32, struct sm_vhost, sm_vhosts_v1, SM_MAX_VHOSTS, SM_PIN(sm_vhosts_v1));
 /* rule index -> rule, ranges per virtual host in last-match-wins order.  Writer: encoder. */
@@ -415,7 +420,8 @@ BPF_TABLE_PINNED("array", __u32, struct sm_rule, sm_rules_v1, SM_MAX_RULES, SM_P
 BPF_TABLE_PINNED("array", __u32, struct sm_weighted, sm_weighted_v1, SM_MAX_WEIGHTED,
 		 SM_PIN(sm_weighted_v1));
 /* FNV of a lower-cased header name -> header slot (4..SM_HDR_SLOTS-1).  Writer: encoder. */
-BPF_TABLE_PINNED("hash", __u64, __u32, sm_hdrslots_v1, 256, SM_PIN(sm_hdrslots_v1));
+BPF_TABLE_PINNED("hash", __u64, __u32, sm_hdrslots_v1, 256, SM_PIN(sm_hdrslots_v1),
+		 SM_HASH_FLAGS);
 /* cluster id -> LB policy and host count.  Writer: encoder. */
 BPF_TABLE_PINNED("array", __u32, struct sm_cluster, sm_clusters_v1, SM_MAX_CLUSTERS,
 		 SM_PIN(sm_clusters_v1));
@@ -439,7 +445,7 @@ BPF_TABLE_PINNED("array", __u32, __u64, sm_epmiss_v1, SM_MAX_ENDPOINTS, SM_PIN(s
 BPF_TABLE_PINNED("array", __u32, struct sm_slot, sm_slots_v1, SM_MAX_SLOTS, SM_PIN(sm_slots_v1));
 /* pooled socket's local address -> slot id.  Writer: agent.  Reader: sk_skb. */
 BPF_TABLE_PINNED("hash", struct sm_sock_key, __u32, sm_poolports_v1, SM_MAX_SLOTS,
-		 SM_PIN(sm_poolports_v1));
+		 SM_PIN(sm_poolports_v1), SM_HASH_FLAGS);
 /* SM_TAIL_* -> program.  Writer: loader.  The parser and framer run as tail-called passes
  * because the verifier's branch stack (8192) cannot hold one long byte loop. */
 BPF_TABLE_PINNED("prog", __u32, __u32, sm_msgprogs_v1, 8, SM_PIN(sm_msgprogs_v1));
@@ -483,7 +489,7 @@ BPF_TABLE_PINNED("array", __u32, struct sm_slot_route, sm_slotroute_v1, SM_MAX_S
 		 SM_PIN(sm_slotroute_v1));
 /* (rule, cluster, endpoint, status class) -> completed responses (per CPU).  Writer: sk_skb. */
 BPF_TABLE_PINNED("percpu_hash", struct sm_reqstat_key, __u64, sm_reqstats_v1, SM_MAX_REQSTATS,
-		 SM_PIN(sm_reqstats_v1));
+		 SM_PIN(sm_reqstats_v1), SM_HASH_FLAGS);
 
 static __always_inline void sm_count(__u32 reason)
 {

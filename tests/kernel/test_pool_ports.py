@@ -95,7 +95,7 @@ def test_no_response_lost_under_concurrent_keepalive_load(mesh: Mesh, client: Cl
     mesh.dp.apply(http_tables(VIP, PORT, [vhost("ports", [HOST], [rule("/", action=to("ss"))])],
                               [cluster("ss", bs)]))
     addrs = {(b.host, b.port) for b in bs}
-    eps = [ep for ep, a in mesh.dp.pools.endpoints.items() if a in addrs]
+    eps = [ep for ep, a in mesh.dp.encoder.endpoints().items() if a in addrs]
     _wait_filled(mesh, eps)
     before = mesh.counters()
     hog_code = (f"import time\nend = time.monotonic() + {STRESS_BUSY_S}\n"
