@@ -25,6 +25,7 @@ from translator.tables import (
     PathKind,
     PathMatch,
     RedirectSpec,
+    RetryPolicy,
     RouteTable,
     Rule,
     StringKind,
@@ -42,7 +43,7 @@ _ROUTE_CONFIG_HANDLED = _INFORMATIONAL | {
     "ignore_path_parameters_in_path_matching",
     "max_direct_response_body_size_bytes",  # a config-time limit, checked below
 }
-_VHOST_HANDLED = _INFORMATIONAL | {"domains", "routes"}
+_VHOST_HANDLED = _INFORMATIONAL | {"domains", "routes", "retry_policy"}
 _ROUTE_HANDLED = _INFORMATIONAL | {"match", "route", "redirect", "direct_response"}
 _MATCH_HANDLED = frozenset({
     "prefix", "path", "safe_regex", "connect_matcher", "path_separated_prefix",
@@ -50,7 +51,30 @@ _MATCH_HANDLED = frozenset({
 })
 _ROUTE_ACTION_HANDLED = frozenset({
     "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code",
+    "retry_policy",
 })
+_RETRY_HANDLED = frozenset({"retry_on", "num_retries", "retry_host_predicate",
+                            "host_selection_retry_max_attempts", "retry_back_off"})
+# retry_on conditions that retry a failed connect / a reset after the request was sent, both
+# before any response byte (Envoy's RetryStateImpl::wouldRetryFromReset)
+_RETRY_ON_CONNECT = frozenset({"connect-failure", "reset-before-request", "reset", "5xx",
+                               "gateway-error"})
+_RETRY_ON_RESET = frozenset({"reset", "5xx", "gateway-error"})
+# conditions on the upstream's response (status, grpc-status, headers): not enforced
+_RETRY_ON_RESPONSE = frozenset({
+    "5xx", "gateway-error", "retriable-4xx", "retriable-status-codes", "retriable-headers",
+    "envoy-ratelimited", "cancelled", "deadline-exceeded", "internal", "resource-exhausted",
+    "unavailable"})
+PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
+_HOST_PREDICATES = {  # name -> typed_config type
+    PREVIOUS_HOSTS: "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+    "envoy.retry_host_predicates.omit_canary_hosts":
+        "envoy.extensions.retry.host.omit_canary_hosts.v3.OmitCanaryHostsPredicate",
+    "envoy.retry_host_predicates.omit_host_metadata":
+        "envoy.extensions.retry.host.omit_host_metadata.v3.OmitHostMetadataConfig",
+}
+# Envoy's retry back-off defaults: base 25 ms, max 10 x base
+_RETRY_BASE_MS = 25
 _CLUSTER_WEIGHT_HANDLED = _INFORMATIONAL | {"weight"}
 _WEIGHTED_HANDLED = frozenset({"clusters", "total_weight"})
 
@@ -227,6 +251,68 @@ def _weighted(wc: rc.WeightedCluster, where: str, field: str,
     return Action(ActionKind.WEIGHTED_CLUSTERS, weighted=tuple(entries), total_weight=total)
 
 
+def _ms(d: Message) -> int:
+    """A Duration in whole milliseconds, at least 1 (Envoy rounds retry intervals so)."""
+    return max(1, d.seconds * 1000 + d.nanos // 1_000_000)
+
+
+def _host_predicate(pred: Message, where: str, field: str) -> str:
+    """The name of a known retry host predicate (by name or typed_config type)."""
+    type_name = pred.typed_config.type_url.rpartition("/")[2]
+    for name, typ in _HOST_PREDICATES.items():
+        if type_name == typ or (not type_name and pred.name == name):
+            return name
+    raise TranslationError(where, f"{field}: unknown retry host predicate "
+                           f"{type_name or pred.name!r}")
+
+
+def retry_policy(rp: rc.RetryPolicy, where: str, field: str) -> tuple[RetryPolicy, list[str]]:
+    """An Envoy RetryPolicy -> (RetryPolicy, the parts not enforced)."""
+    conditions = tuple(c.strip() for c in rp.retry_on.split(",") if c.strip())
+    # Envoy ignores retry_on conditions it does not know; so does the slow path
+    not_enforced = [f"retry_policy.retry_on.{c}" for c in conditions if c in _RETRY_ON_RESPONSE]
+    on_reset = any(c in _RETRY_ON_RESET for c in conditions)
+    if on_reset:
+        # a request the kernel dispatched went out on a pooled connection: when that
+        # connection dies before the response the agent answers 503 and cannot retry
+        not_enforced.append("retry_policy.reset_after_kernel_dispatch")
+    previous_hosts = False
+    for i, pred in enumerate(rp.retry_host_predicate):
+        name = _host_predicate(pred, where, f"{field}.retry_host_predicate[{i}]")
+        if name == PREVIOUS_HOSTS:
+            previous_hosts = True
+        else:
+            not_enforced.append(f"retry_policy.retry_host_predicate.{name}")
+    if rp.host_selection_retry_max_attempts < 0:
+        raise TranslationError(where, f"{field}.host_selection_retry_max_attempts: "
+                               f"{rp.host_selection_retry_max_attempts} is negative")
+    base = max_ms = None
+    if rp.HasField("retry_back_off"):
+        bo = rp.retry_back_off
+        if not bo.HasField("base_interval"):
+            raise TranslationError(where, f"{field}.retry_back_off.base_interval: is required")
+        base = _ms(bo.base_interval)
+        if bo.HasField("max_interval"):
+            max_ms = _ms(bo.max_interval)
+            if max_ms < base:
+                raise TranslationError(where, f"{field}.retry_back_off.max_interval: {max_ms} "
+                                       f"ms is less than base_interval {base} ms")
+    base = base or _RETRY_BASE_MS
+    not_enforced += _unhandled(rp, _RETRY_HANDLED, "retry_policy.")
+    policy = RetryPolicy(
+        retry_on=conditions,
+        num_retries=rp.num_retries.value if rp.HasField("num_retries") else 1,
+        on_connect_failure=any(c in _RETRY_ON_CONNECT for c in conditions),
+        on_reset=on_reset,
+        previous_hosts=previous_hosts,
+        # 0 (unset) means Envoy's default of one re-pick
+        host_selection_attempts=rp.host_selection_retry_max_attempts or 1,
+        base_interval_ms=base,
+        max_interval_ms=max_ms or 10 * base,
+    )
+    return policy, not_enforced
+
+
 def _route_action(ra: rc.RouteAction, where: str, field: str,
                   not_enforced: list[str], slow: list[str]) -> Action:
     status = _CLUSTER_NOT_FOUND_STATUS.get(ra.cluster_not_found_response_code)
@@ -301,9 +387,15 @@ def _direct(dr: rc.DirectResponseAction, where: str, field: str, max_body: int,
     return Action(ActionKind.DIRECT_RESPONSE, status=dr.status, body=body)
 
 
+# a virtual host's parsed retry policy (see retry_policy)
+VhostRetry = tuple[RetryPolicy, list[str]]
+
+
 def translate_route(route: rc.Route, envoy_index: int, where: str, field: str,
-                    max_body: int = _DEFAULT_MAX_BODY) -> Rule:
-    """One Envoy route -> one Rule (validated)."""
+                    max_body: int = _DEFAULT_MAX_BODY,
+                    vhost_retry: VhostRetry | None = None) -> Rule:
+    """One Envoy route -> one Rule (validated).  ``vhost_retry``: its virtual host's retry
+    policy, taken when the route has none of its own (Envoy never merges the two)."""
     if not route.HasField("match"):
         raise TranslationError(where, f"{field}.match: is required")
     m = route.match
@@ -320,9 +412,17 @@ def translate_route(route: rc.Route, envoy_index: int, where: str, field: str,
     if fraction is not None and 0.0 < fraction < 1.0:
         not_enforced.insert(0, "match.runtime_fraction")
     slow: list[str] = []
+    retry: RetryPolicy | None = None
     which = route.WhichOneof("action")
     if which == "route":
         action = _route_action(route.route, where, f"{field}.route", not_enforced, slow)
+        if route.route.HasField("retry_policy"):
+            retry, gaps = retry_policy(route.route.retry_policy, where,
+                                       f"{field}.route.retry_policy")
+            not_enforced += gaps
+        elif vhost_retry is not None:
+            retry = vhost_retry[0]
+            not_enforced += [f"virtual_host.{g}" for g in vhost_retry[1]]
     elif which == "redirect":
         action = _redirect(route.redirect, where, f"{field}.redirect", path)
     elif which == "direct_response":
@@ -343,6 +443,7 @@ def translate_route(route: rc.Route, envoy_index: int, where: str, field: str,
         not_enforced=tuple(dict.fromkeys(not_enforced)),
         needs_slow_path=tuple(dict.fromkeys(slow)),
         runtime_fraction=fraction,
+        retry=retry,
     )
 
 
@@ -404,7 +505,10 @@ def translate_route_config(rc_msg: route_pb2.RouteConfiguration,
             # a matcher tree replaces the route list; ignoring it would mis-route silently
             raise TranslationError(where, f"virtual_hosts[{vi}].matcher: matcher-tree routing "
                                    "is not supported by sockmesh")
-        rules = [translate_route(r, ri, where, f"virtual_hosts[{vi}].routes[{ri}]", max_body)
+        vh_retry = (retry_policy(vh.retry_policy, where, f"virtual_hosts[{vi}].retry_policy")
+                    if vh.HasField("retry_policy") else None)
+        rules = [translate_route(r, ri, where, f"virtual_hosts[{vi}].routes[{ri}]", max_body,
+                                 vh_retry)
                  for ri, r in enumerate(vh.routes)]
         rules.reverse()  # last-match-wins order: the last matching rule is Envoy's first
         vhosts.append(VirtualHost(

@@ -162,6 +162,38 @@ class Action:
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """A route's effective retry policy, as far as the slow path enforces it.
+
+    Envoy takes the route's own ``retry_policy``, else its virtual host's; the two are never
+    merged.  Without one nothing is retried.  Only failures before any response byte are
+    retried: a failed connect (``on_connect_failure``: retry_on connect-failure,
+    reset-before-request, reset, 5xx or gateway-error) and a reset after the request was sent
+    (``on_reset``: reset, 5xx, gateway-error), at most ``num_retries`` times.  Each retry
+    picks a host by the cluster's policy; with ``previous_hosts`` a host already tried is
+    re-picked up to ``host_selection_attempts`` times, then the last pick is taken.  Retry n
+    waits a random time in [0, (2^n - 1) x base) capped at ``max_interval_ms``.  What is not
+    enforced (response status conditions, per_try_timeout, ...) is in ``Rule.not_enforced``.
+    """
+
+    retry_on: tuple[str, ...] = ()  # the configured conditions, in order
+    num_retries: int = 1
+    on_connect_failure: bool = False
+    on_reset: bool = False
+    previous_hosts: bool = False
+    host_selection_attempts: int = 1  # host_selection_retry_max_attempts
+    base_interval_ms: int = 25
+    max_interval_ms: int = 250
+
+    def summary(self) -> str:
+        """One line for ``tables`` and ``explain``."""
+        out = f"{','.join(self.retry_on) or '(no retry_on)'} x{self.num_retries}"
+        if self.previous_hosts:
+            out += f", previous_hosts ({self.host_selection_attempts} re-picks)"
+        return out + f", back-off {self.base_interval_ms}-{self.max_interval_ms} ms"
+
+
+@dataclass(frozen=True)
 class Rule:
     """One route in last-match order.  ``envoy_index`` is its index in Envoy's order."""
 
@@ -171,9 +203,9 @@ class Rule:
     headers: tuple[ValueMatch, ...] = ()
     query: tuple[ValueMatch, ...] = ()
     action: Action = field(default_factory=lambda: Action(ActionKind.NO_ROUTE))
-    # Route fields carried but not enforced by the datapath ("retry_policy", "timeout", ...);
-    # rules with "match.runtime_fraction" (or other unevaluable match fields) are evaluated
-    # as if that condition held
+    # Route fields carried but not enforced by the datapath ("timeout",
+    # "retry_policy.per_try_timeout", ...); rules with "match.runtime_fraction" (or other
+    # unevaluable match fields) are evaluated as if that condition held
     not_enforced: tuple[str, ...] = ()
     # Fields that need user space to honour them; the kernel hands such requests over
     needs_slow_path: tuple[str, ...] = ()
@@ -181,6 +213,8 @@ class Rule:
     # 0 means the rule never matches (measured on Envoy); 1 always; in between Envoy picks
     # at random per request, which is listed in not_enforced and evaluated as matching.
     runtime_fraction: float | None = None
+    # the effective retry policy (the route's, else its virtual host's); None: no retries
+    retry: RetryPolicy | None = None
 
 
 @dataclass(frozen=True)

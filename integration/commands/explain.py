@@ -256,6 +256,8 @@ def print_explanation(rt: RouteTable, req: Request, d: Decision, out: TextIO) ->
             if rule.needs_slow_path:
                 w(f"  slow path    {', '.join(rule.needs_slow_path)} (the kernel hands these "
                   "requests to user space)\n")
+            if rule.retry is not None:
+                w(f"  retry        {rule.retry.summary()}\n")
     w(f"decision       {j.get('action')}")
     if j.get("cluster"):
         w(f" -> {j['cluster']}")

@@ -200,6 +200,8 @@ def print_tables(tables: Tables, out: TextIO) -> None:
                 rname = rule.name or "-"
                 w(f"    {i:>4}  {'#' + str(rule.envoy_index):>5}  {rname:<32} "
                   f"{format_match(rule)} -> {format_action(rule.action)}\n")
+                if rule.retry is not None:
+                    w(f"    {'':>4}  {'':>5}  {'':<32} retry: {rule.retry.summary()}\n")
                 if rule.not_enforced:
                     w(f"    {'':>4}  {'':>5}  {'':<32} not enforced: "
                       f"{', '.join(rule.not_enforced)}\n")

@@ -92,7 +92,7 @@ def test_batch_one_decision_per_line_in_order(tmp_path: Path,
     assert routed == [cluster, None, cluster, cluster, None]
     assert lines[0]["route"] == route["name"] and lines[0]["envoy_index"] == 0
     assert lines[1]["action"] == "no_route" and lines[1]["status"] == 404
-    assert "retry_policy" in lines[0]["not_enforced"]
+    assert "retry_policy.retry_on.retriable-status-codes" in lines[0]["not_enforced"]
 
 
 def test_batch_reads_stdin(capsys: pytest.CaptureFixture[str],

@@ -484,14 +484,15 @@ def test_runtime_fraction(numerator: int, denominator: str, matches: bool,
 def test_not_enforced_fields_are_reported_per_rule() -> None:
     t = table([{"match": {"prefix": "/", "runtime_fraction": {"default_value": {
         "numerator": 50}}}, "route": {"cluster": "c", "timeout": "1s", "retry_policy": {
-            "num_retries": 2}, "prefix_rewrite": "/x", "hash_policy": [{"header": {
+            "num_retries": 2, "per_try_timeout": "1s"}, "prefix_rewrite": "/x", "hash_policy": [{"header": {
                 "header_name": "x"}}]},
         "request_headers_to_add": [{"header": {"key": "a", "value": "b"}}],
         "typed_per_filter_config": {"envoy.filters.http.fault": {
             "@type": "type.googleapis.com/google.protobuf.Struct", "value": {}}}}])
     d = route(t, Request())
-    for f in ("match.runtime_fraction", "timeout", "retry_policy", "prefix_rewrite",
-              "hash_policy", "request_headers_to_add", "typed_per_filter_config"):
+    for f in ("match.runtime_fraction", "timeout", "retry_policy.per_try_timeout",
+              "prefix_rewrite", "hash_policy", "request_headers_to_add",
+              "typed_per_filter_config"):
         assert f in d.not_enforced
     assert d.cluster == "c"
 
