@@ -356,3 +356,54 @@ def _drain(proc: subprocess.Popen[str]) -> None:
     assert proc.stdout is not None
     for _ in proc.stdout:
         pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Only the kernel control-plane figures and the datapath's map memory, on a datapath
+    attached to a fresh child cgroup (no backends, no Envoy):
+    ``python -m integration.bench.control [--endpoint-changes N] [--route-updates N]``."""
+    import argparse
+
+    from integration.bench.system import bpf_map_memory
+
+    p = argparse.ArgumentParser(prog="python -m integration.bench.control",
+                                description=main.__doc__)
+    p.add_argument("--endpoint-changes", type=int, default=100)
+    p.add_argument("--route-updates", type=int, default=1000)
+    p.add_argument("--budget-s", type=float, default=60.0)
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = p.parse_args(argv)
+    say = lambda text: print(text, flush=True)
+    prefix = "sockmesh-bench-control"
+    for path in cgroups.sweep(prefix):
+        say(f"removed leftover {path}")
+    cg = cgroups.create(prefix)
+    dp: Datapath | None = None
+    try:
+        dp = Datapath(cg, BPFFS / cg.name)
+        dp.load()
+        eps = [("127.0.0.1", 1)]  # nothing listens: pools stay empty
+        dp.apply(bench_tables(eps))
+        out = kernel_figures(dp, istio_snapshot(), eps, args.endpoint_changes,
+                             args.route_updates, args.budget_s, say)
+        n_maps, map_bytes = bpf_map_memory(os.getpid())
+        out["memory"] = {"bpf_maps": n_maps, "bpf_map_bytes": map_bytes,
+                         "largest_maps": largest_maps([os.getpid()]),
+                         "rss": rss_bytes(os.getpid())}
+        say(f"{n_maps} BPF maps {map_bytes / 2**20:.1f} MiB; process RSS "
+            f"{out['memory']['rss'] / 2**20:.1f} MiB; largest: " + ", ".join(
+                f"{m['name']} {m['bytes'] / 2**20:.1f}" for m in out["memory"]["largest_maps"]))
+        if args.json is not None:
+            args.json.write_text(json.dumps(out, indent=1, default=str))
+        return 0
+    finally:
+        if dp is not None:
+            dp.close()
+        pin = BPFFS / cg.name
+        if pin.exists():
+            shutil.rmtree(pin, ignore_errors=True)
+        cgroups.remove(cg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
