@@ -258,6 +258,18 @@ class _Batch:
             keep = new.get(name, {})
             self.deletes[name].update(kb for kb in kv if kb not in keep)
 
+    def absorb(self, older: _Batch) -> None:
+        """Take in what a failed flush of ``older`` may have left undone; this batch's
+        writes and deletes win."""
+        for name in MAPS:
+            w, d = self.writes[name], self.deletes[name]
+            self.writes[name] = {k: v for k, v in older.writes[name].items()
+                                 if k not in d} | w
+            d.update(k for k in older.deletes[name] if k not in w)
+        self.added = older.added | self.added
+        self.removed = {i: a for i, a in older.removed.items() if i not in self.added} \
+            | self.removed
+
 
 class Encoder:
     """Writes Tables into the pinned maps under ``pin_dir`` as diffs.
@@ -290,6 +302,7 @@ class Encoder:
         self._hdr_refs: dict[str, int] = {}  # header name -> route tables using it
         self._cl_users: dict[str, set[str]] = {}  # cluster -> route tables naming it
         self._retry: dict[str, set[str]] = {"cl": set(), "rt": set(), "hdr": set()}
+        self._unflushed: _Batch | None = None  # a batch whose flush failed part-way
         # reverse maps for dump and tests: global rule index + 1 -> (table, vhost, rule index)
         self.rule_index: dict[int, tuple[str, str, int]] = {}
         self.tables = Tables()
@@ -350,9 +363,13 @@ class Encoder:
         changed_cl = self._apply_clusters(tables, diff, batch)
         changed_rt = self._apply_route_tables(tables, diff, changed_cl, batch)
         self._apply_services(tables, diff, changed_cl, changed_rt, batch)
+        if self._unflushed is not None:
+            batch.absorb(self._unflushed)
         if before_write is not None:
             before_write(dict(batch.added))
+        self._unflushed = batch  # until every write and delete is done
         stats = self._flush(batch)
+        self._unflushed = None
         self.tables = tables
         return stats
 

@@ -286,3 +286,44 @@ def test_incremental_applies_equal_a_full_apply(pin_dirs: tuple[Path, Path]) -> 
     finally:
         inc.close()
     assert checked == 6
+
+
+def test_a_write_that_failed_part_way_is_completed_by_the_next_apply(
+        pin_dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    inc_dir, full_dir = pin_dirs
+    make_maps(inc_dir)
+    rng = random.Random(4)
+    inc = Encoder(inc_dir)
+    tables = Tables()
+    try:
+        for _ in range(10):
+            tables = step(rng, tables)
+            inc.apply(tables)
+        failed = step(rng, step(rng, tables))
+        rules = inc.maps["sm_rules_v1"]
+        real_set = rules.set
+        calls = 0
+
+        def fail_second(key: Any, value: Any, flags: int = 0) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                raise bpfmaps.BpfError(12, "update sm_rules_v1: injected")
+            real_set(key, value, flags)
+
+        monkeypatch.setattr(rules, "set", fail_second)
+        with pytest.raises(bpfmaps.BpfError):
+            inc.apply(failed, diff_tables(tables, failed))
+        assert calls == 2, "the injected failure did not happen"
+        monkeypatch.setattr(rules, "set", real_set)
+        final = step(rng, failed)
+        inc.apply(final)  # no diff after a failed apply
+        make_maps(full_dir)
+        full = Encoder(full_dir)
+        try:
+            full.apply(final)
+            assert decode(inc) == decode(full)
+        finally:
+            full.close()
+    finally:
+        inc.close()
