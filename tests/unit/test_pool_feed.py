@@ -47,7 +47,7 @@ def test_changes_do_not_block_and_arrive_merged_in_order(feed: Any) -> None:
     assert pools.entered.wait(5)  # the thread holds the first batch, blocked in the pools
     f.before_apply(reuse=False)
     f.add({2: B})
-    f.replace({2: B})  # 1 removed
+    f.replace({B: 2})  # 1 removed
     f.before_apply(reuse=False)
     f.add({3: C})
     pools.gate.set()
