@@ -5,10 +5,12 @@ path no byte ever reaches the accepted socket: sk_msg redirects requests to pool
 connections and sk_skb puts responses straight into the application's socket.  When sk_msg
 hands a request over (SK_PASS), its bytes arrive here; the connection's thread parses the
 request, routes it with the same tables through translator.model, picks an endpoint with
-the same policies (bpf.lb.Picker), proxies it on its own connection, writes the response
-back, and when nothing is buffered clears ``sm_client.user`` so the kernel takes the next
-request again.  Bytes that are not HTTP/1.x (TLS ClientHello, the HTTP/2 preface) are relayed
-as an opaque stream to an endpoint of the route the service's catch-all request would take.
+the same policies (bpf.lb.Picker), proxies it on its own connection (an upstream that fails
+before any response byte is retried as the matched route's retry policy says; without one
+the answer is Envoy's 503), writes the response back, and when nothing is buffered clears
+``sm_client.user`` so the kernel takes the next request again.  Bytes that are not HTTP/1.x
+(TLS ClientHello, the HTTP/2 preface) are relayed as an opaque stream to an endpoint of the
+route the service's catch-all request would take.
 """
 
 from __future__ import annotations
@@ -26,22 +28,21 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bpf import layout as L
-from bpf.lb import Picker, usable_hosts
+from bpf.lb import Picker
 from bpf.maps import PinnedMap
 from translator import model
-from translator.tables import Cluster, Endpoint, Tables
+from translator.tables import Cluster, Endpoint, RetryPolicy, Rule, Tables
 
 log = logging.getLogger(__name__)
 
 HEAD_MAX = 60 * 1024  # Envoy's default max_request_headers_kb
 PENDING_FAIL_S = 5.0  # how long a 503 waits for its connection to be accepted
 IO_TIMEOUT = 10.0
-# A refused or failed upstream connect is retried on another host of the cluster, as Istio's
-# default route retry policy makes Envoy do (retry_on connect-failure,..., num_retries 2, the
-# previous_hosts predicate with host_selection_retry_max_attempts 5, back-off base 25 ms).
-CONNECT_ATTEMPTS = 3
-HOST_SELECTION_ATTEMPTS = 5
-RETRY_BASE = 0.025
+# Envoy's 503 bodies for an upstream that failed before any response byte
+UPSTREAM_FAILURE = "upstream connect error or disconnect/reset before headers. "
+CONNECT_FAILURE = "remote connection failure"
+CONNECT_TIMEOUT = "connection timeout"
+TERMINATION = "connection termination"
 METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE",
            b"CONNECT")
 MAX_HEADERS = 100  # Envoy's default max_headers_count
@@ -58,6 +59,18 @@ class NotHttp(Exception):
 
 class ConnectFailed(Exception):
     """No connection to the upstream could be made: nothing was sent, safe to retry."""
+
+    def __init__(self, detail: str, reason: str = CONNECT_FAILURE) -> None:
+        super().__init__(detail)
+        self.reason = reason  # Envoy's reset reason
+
+
+def upstream_failure(reason: str, retried: bool) -> bytes:
+    """Envoy's 503 when the upstream failed before any response byte (the connection to the
+    client stays usable)."""
+    text = f"retried and the latest reset reason: {reason}" if retried \
+        else f"reset reason: {reason}"
+    return local_reply(503, body=UPSTREAM_FAILURE + text)
 
 
 class BadRequest(Exception):
@@ -260,6 +273,13 @@ def read_response(sock: socket.socket, buf: bytearray, method: str) -> bytes:
     return out
 
 
+def backoff_s(policy: RetryPolicy, retry: int) -> float:
+    """Seconds before retry number ``retry`` (1, 2, ...): Envoy's fully jittered exponential
+    back-off, uniform in [0, (2^retry - 1) x base) and at most the maximum interval."""
+    limit = policy.base_interval_ms * ((1 << retry) - 1)
+    return min(random.uniform(0, limit), policy.max_interval_ms) / 1000
+
+
 def local_reply(status: int, location: str | None = None, body: str = "",
                 close: bool = False) -> bytes:
     """A response the agent writes itself (no route, cluster not found, redirect, ...)."""
@@ -353,7 +373,7 @@ class SpliceListener:
                 return
         self._count("upstream_lost")
         try:
-            conn.sendall(local_reply(503, body="upstream connection closed"))
+            conn.sendall(upstream_failure(TERMINATION, retried=False))
         except OSError:
             pass
 
@@ -405,7 +425,9 @@ class SpliceListener:
                     del self._by_key[(key.ip4, key.port)]
             conn.close()
 
-    def _decide(self, req: ParsedRequest, st: L.Client | None) -> model.Decision | None:
+    def _decide(self, req: ParsedRequest, st: L.Client | None
+                ) -> tuple[model.Decision, Rule | None] | None:
+        """The router's decision and the matched rule (None: no route table)."""
         rt_name = self.route_table_name(st.rt_id) if st is not None else None
         table = self.tables.route_tables.get(rt_name or "")
         if table is None:
@@ -414,15 +436,21 @@ class SpliceListener:
         mreq = model.Request(method=req.method, authority=req.authority or hmap.get("host", ""),
                              path=req.path or req.target,
                              headers=tuple((n, v) for n, v in req.headers if n != "host"))
-        return model.route(table, mreq, self.tables.clusters)
+        # model.route, keeping the rule: its retry policy applies to this request
+        prepared = model.normalize(mreq)
+        vh = model.select_virtual_host(table, prepared.authority)
+        index = model.last_match(table, vh, mreq) if vh is not None else None
+        rule = vh.rules[index] if vh is not None and index is not None else None
+        return model.decide(table, vh, index, prepared, self.tables.clusters), rule
 
     def _handle(self, conn: socket.socket, req: ParsedRequest, st: L.Client | None,
                 upstreams: dict[tuple[str, int], tuple[socket.socket, bytearray]]) -> None:
-        d = self._decide(req, st)
-        if d is None:
+        decided = self._decide(req, st)
+        if decided is None:
             self._count("no_table")
             conn.sendall(local_reply(404))
             return
+        d, rule = decided
         cluster_name = d.cluster
         if d.candidates and d.status is None:
             cluster_name = model.pick_weighted(
@@ -433,10 +461,11 @@ class SpliceListener:
             conn.sendall(local_reply(d.status or 404, d.location, d.body or ""))
             return
         cluster = self.tables.clusters.get(cluster_name)
+        policy = rule.retry if rule is not None else None
         tried: set[tuple[str, int]] = set()
-        error: ConnectFailed | None = None
-        for attempt in range(CONNECT_ATTEMPTS):
-            ep = self._pick_untried(cluster, tried) if cluster is not None else None
+        retries = 0
+        while True:
+            ep = self._pick(cluster, tried, policy) if cluster is not None else None
             if ep is None:
                 self._count("no_healthy_upstream")
                 conn.sendall(local_reply(503, body="no healthy upstream"))
@@ -445,39 +474,41 @@ class SpliceListener:
             try:
                 resp = self._exchange(addr, req, upstreams)
             except ConnectFailed as exc:
-                # connect-failure: retried on another host of the cluster (below)
                 self._count("upstream_connect_error")
-                tried.add(addr)
-                error = exc
-                if attempt + 1 < CONNECT_ATTEMPTS:
-                    # fully jittered exponential back-off: retry n waits up to (2^n - 1) base
-                    self._count("retried")
-                    time.sleep(random.uniform(0, RETRY_BASE * (2 ** (attempt + 1) - 1)))
-                continue
+                reason, outcome = exc.reason, "upstream_connect_failed"
+                retry = policy is not None and policy.on_connect_failure
+                log.debug("slow path: connect to %s failed: %s", addr, exc)
             except (EOFError, OSError) as exc:
-                # reset after the request was sent: not retried (Istio's default retry_on
-                # has no "reset"); 503 as Envoy, the client's connection stays usable
-                self._count("upstream_reset")
-                conn.sendall(local_reply(503, body=f"upstream reset before response: {exc}"))
+                # the upstream closed or reset after the request was sent, before a response
+                reason, outcome = TERMINATION, "upstream_reset"
+                retry = policy is not None and policy.on_reset
+                log.debug("slow path: %s reset before a response: %s", addr, exc)
+            else:
+                self._count("proxied")
+                conn.sendall(resp)
                 return
-            self._count("proxied")
-            conn.sendall(resp)
-            return
-        # as Envoy: 503 on this request, the client's connection stays usable
-        self._count("upstream_connect_failed")
-        conn.sendall(local_reply(503, body=f"upstream connect error: {error}"))
+            tried.add(addr)
+            if not retry or policy is None or retries >= policy.num_retries:
+                # as Envoy: 503 on this request, the client's connection stays usable
+                self._count(outcome)
+                conn.sendall(upstream_failure(reason, retried=retries > 0))
+                return
+            retries += 1
+            self._count("retried")
+            time.sleep(backoff_s(policy, retries))
 
-    def _pick_untried(self, cluster: Cluster, tried: set[tuple[str, int]]) -> Endpoint | None:
-        """An endpoint by the cluster's policy, re-picked up to HOST_SELECTION_ATTEMPTS
-        times while it is one already tried (Envoy's previous_hosts retry predicate); then
-        the first usable host not tried yet, or the last pick when all were tried."""
+    def _pick(self, cluster: Cluster, tried: set[tuple[str, int]],
+              policy: RetryPolicy | None) -> Endpoint | None:
+        """An endpoint by the cluster's policy.  A retry with the previous_hosts predicate
+        picks again while it is a host already tried, at most host_selection_attempts more
+        times, then takes the last pick (Envoy's host selection under a retry policy)."""
+        repicks = policy.host_selection_attempts if policy and policy.previous_hosts else 0
         ep = None
-        for _ in range(HOST_SELECTION_ATTEMPTS):
+        for _ in range(repicks + 1):
             ep = self.picker.pick(cluster)
             if ep is None or (ep.address, ep.port) not in tried:
                 return ep
-        rest = [h for h in usable_hosts(cluster) if (h.address, h.port) not in tried]
-        return rest[0] if rest else ep
+        return ep
 
     @staticmethod
     def _exchange(addr: tuple[str, int], req: ParsedRequest,
@@ -497,7 +528,8 @@ class SpliceListener:
         try:
             s = socket.create_connection(addr, timeout=IO_TIMEOUT)
         except OSError as exc:
-            raise ConnectFailed(f"{addr[0]}:{addr[1]}: {exc}") from exc
+            raise ConnectFailed(f"{addr[0]}:{addr[1]}: {exc}", CONNECT_TIMEOUT
+                                if isinstance(exc, TimeoutError) else CONNECT_FAILURE) from exc
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ubuf = bytearray()
         upstreams[addr] = (s, ubuf)

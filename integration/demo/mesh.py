@@ -9,6 +9,9 @@ manager names the shared route configuration "9080" (RDS over ADS), routed by Ho
   between ``reviews-v1`` and ``reviews-v3`` (weighted_clusters)
 * ratings     -> cluster ``ratings`` (LEAST_REQUEST, 3 endpoints, one of them slow)
 
+Every route carries the retry policy istiod gives outbound routes by default (ISTIO_RETRY):
+a refused connect is retried on another host, as in an Istio mesh.
+
 Endpoints live on 127.20.0.0/16 with ports chosen by the backends at start-up.
 """
 
@@ -76,6 +79,23 @@ def backends(slow_ms: float = SLOW_RATINGS_DELAY_MS) -> tuple[BackendSpec, ...]:
     )
 
 
+# istiod's default retry policy for outbound HTTP routes (as istiod 1.29 writes it)
+ISTIO_RETRY: dict[str, Any] = {
+    "retryOn": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+    "numRetries": 2,
+    "retryHostPredicate": [{
+        "name": "envoy.retry_host_predicates.previous_hosts",
+        "typedConfig": {"@type": TYPE + "envoy.extensions.retry.host.previous_hosts.v3."
+                                        "PreviousHostsPredicate"}}],
+    "hostSelectionRetryMaxAttempts": "5",
+}
+
+
+def with_istio_retry(route: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``route`` whose route action carries ISTIO_RETRY."""
+    return {**route, "route": {**route["route"], "retryPolicy": ISTIO_RETRY}}
+
+
 def _ads() -> dict[str, Any]:
     return {"ads": {}, "resourceApiVersion": "V3"}
 
@@ -109,14 +129,16 @@ def _vhost(svc: ServiceSpec, routes: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _to(cluster: str, name: str) -> dict[str, Any]:
-    return {"name": name, "match": {"prefix": "/"}, "route": {"cluster": cluster}}
+    return with_istio_retry({"name": name, "match": {"prefix": "/"},
+                             "route": {"cluster": cluster}})
 
 
 def route_config(reviews_routes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The shared RDS config; ``reviews_routes`` replaces the reviews routes (tests)."""
+    """The shared RDS config; ``reviews_routes`` replaces the reviews routes (tests; taken
+    as they are, with or without a retry policy)."""
     by_name = {s.name: s for s in SERVICES}
     if reviews_routes is None:
-        reviews_routes = [
+        reviews_routes = [with_istio_retry(r) for r in (
             {"name": "reviews-jason",
              "match": {"prefix": "/", "headers": [
                  {"name": "end-user", "stringMatch": {"exact": "jason"}}]},
@@ -124,7 +146,7 @@ def route_config(reviews_routes: list[dict[str, Any]] | None = None) -> dict[str
             {"name": "reviews-split", "match": {"prefix": "/"},
              "route": {"weightedClusters": {"clusters": [
                  {"name": "reviews-v1", "weight": 50}, {"name": "reviews-v3", "weight": 50}]}}},
-        ]
+        )]
     return {
         "@type": TYPE + "envoy.config.route.v3.RouteConfiguration",
         "name": ROUTE_CONFIG,

@@ -9,7 +9,7 @@ which cluster Envoy picked).
 The reviews virtual host gets four routes (Envoy order): ``/slow.*`` + ``end-user: jason``
 -> reviews-v2 and ``/slow.*`` -> reviews-v3, both regex matches (evaluated in user space, so
 these force the slow path); ``end-user: jason`` -> reviews-v2; ``/`` ->
-reviews-v1 (kernel path).
+reviews-v1 (kernel path); all with istiod's default retry policy.
 
 Safety: cgroup and pin dir from tests.e2e.agent_harness.mesh_cgroup (removed afterwards),
 loopback only, every process ended by PID.
@@ -40,14 +40,14 @@ VIP = next(s.vip for s in mesh.SERVICES if s.name == "reviews")
 PORT = mesh.PORT
 SLOW = {"safeRegex": {"regex": "/slow.*"}}  # regex rules are evaluated in user space
 JASON = {"name": "end-user", "stringMatch": {"exact": "jason"}}
-REVIEWS_ROUTES: list[dict[str, Any]] = [
+REVIEWS_ROUTES: list[dict[str, Any]] = [mesh.with_istio_retry(r) for r in (
     {"name": "slow-jason", "match": {**SLOW, "headers": [JASON]},
      "route": {"cluster": "reviews-v2"}},
     {"name": "slow", "match": SLOW, "route": {"cluster": "reviews-v3"}},
     {"name": "jason", "match": {"prefix": "/", "headers": [JASON]},
      "route": {"cluster": "reviews-v2"}},
     {"name": "all", "match": {"prefix": "/"}, "route": {"cluster": "reviews-v1"}},
-]
+)]
 GOOD = b"GET /fast/good HTTP/1.1\r\nHost: reviews:9080\r\n\r\n"
 CLUSTER_OF = {b.name: b.cluster for b in mesh.backends(0)}
 
@@ -82,6 +82,7 @@ class LiveMesh:
     agent: AgentProc
     loop: LoopThread
     envoy_port: int | None = None
+    routes: list[dict[str, Any]] = field(default_factory=lambda: REVIEWS_ROUTES)  # reviews'
     separate: dict[str, Backends] = field(default_factory=dict)  # backends in own processes
     overrides: dict[str, tuple[str, int]] = field(default_factory=dict)  # backends run by tests
 
@@ -98,7 +99,7 @@ class LiveMesh:
         return out
 
     def resources(self) -> Any:
-        return mesh.mesh_resources(self.endpoints(), REVIEWS_ROUTES)
+        return mesh.mesh_resources(self.endpoints(), self.routes)
 
     def push_good(self) -> str:
         return self.server.set_resources(self.resources())
@@ -138,13 +139,13 @@ class LiveMesh:
         return json.loads(dst.read_text())  # type: ignore[no-any-return]
 
 
-def envoy_bootstrap(endpoints: dict[str, list[tuple[str, int]]], workdir: Path
-                    ) -> dict[str, Any]:
+def envoy_bootstrap(endpoints: dict[str, list[tuple[str, int]]], workdir: Path,
+                    routes: list[dict[str, Any]]) -> dict[str, Any]:
     """The oracle: the mesh's route configuration on one Envoy listener, one STATIC cluster
     per mesh cluster with the same backends (tests.diff.envoy_oracle's bootstrap)."""
     from tests.diff.envoy_oracle import bootstrap
 
-    boot = bootstrap({"mesh": mesh.route_config(REVIEWS_ROUTES)}, mesh.CLUSTERS, 1,
+    boot = bootstrap({"mesh": mesh.route_config(routes)}, mesh.CLUSTERS, 1,
                      workdir / "access.log")
     for c in boot["static_resources"]["clusters"]:
         c["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
@@ -155,11 +156,14 @@ def envoy_bootstrap(endpoints: dict[str, list[tuple[str, int]]], workdir: Path
 
 @contextlib.contextmanager
 def live_mesh(tmp: Path, with_envoy: bool = False, separate: tuple[str, ...] = (),
-              overrides: dict[str, tuple[str, int]] | None = None) -> Iterator[LiveMesh]:
+              overrides: dict[str, tuple[str, int]] | None = None,
+              routes: list[dict[str, Any]] | None = None) -> Iterator[LiveMesh]:
     """Start backends, ADS server, agent (and Envoy); yield; stop everything by PID.
 
     ``separate``: backend names each run in their own process (a test may kill one);
-    ``overrides``: backend name -> (host, port) of a backend the test runs itself."""
+    ``overrides``: backend name -> (host, port) of a backend the test runs itself (or an
+    address nothing listens on); ``routes``: the reviews virtual host's routes (default
+    REVIEWS_ROUTES), for the agent and Envoy alike."""
     loop = LoopThread()
     overrides = overrides or {}
     with mesh_cgroup() as (cg, pin):
@@ -174,7 +178,7 @@ def live_mesh(tmp: Path, with_envoy: bool = False, separate: tuple[str, ...] = (
             port = loop.run(server.start("127.0.0.1", 0))
             agent = AgentProc(f"127.0.0.1:{port}", cg, pin)
             lv = LiveMesh(cg, pin, tmp, backends, server, agent, loop, separate=apart,
-                          overrides=dict(overrides))
+                          overrides=dict(overrides), routes=routes or REVIEWS_ROUTES)
             lv.push_good()
             agent.start()
             # bcc compiles the programs at start: allow for a busy machine
@@ -184,7 +188,7 @@ def live_mesh(tmp: Path, with_envoy: bool = False, separate: tuple[str, ...] = (
             if with_envoy:
                 from tests.diff.envoy_oracle import listener_ports, start_envoy
 
-                envoy = start_envoy(envoy_bootstrap(lv.endpoints(), tmp / "envoy"),
+                envoy = start_envoy(envoy_bootstrap(lv.endpoints(), tmp / "envoy", lv.routes),
                                     tmp / "envoy")
                 envoy.start()
                 lv.envoy_port = listener_ports(envoy, ["mesh"])["mesh"]
