@@ -8,7 +8,10 @@
  *    policy for destinations no other entry matches) refuse the connect: connect() fails
  *    with EPERM, except to 127.0.0.1 (Istio's iptables never redirect it) and to the splice
  *    listener.
- * Anything else (UDP included) is left alone.
+ * Anything else (UDP included) is left alone, and so is every connect made by a process in
+ * the agent's own cgroup (sm_config.agent_cgroup): the datapath's pooled and slow-path
+ * upstream connects must reach the endpoints they name, never the splice listener or a
+ * REGISTRY_ONLY refusal, when the agent runs inside an attached cgroup's subtree.
  */
 #include "sockmesh.h"
 #include "lb.h"
@@ -23,12 +26,10 @@
 #endif
 
 /* 0: refuse the connect (EPERM); 1: leave it alone (an exempt destination) */
-static __always_inline int sm_blackhole(struct bpf_sock_addr *ctx)
+static __always_inline int sm_blackhole(struct bpf_sock_addr *ctx, struct sm_config *cfg)
 {
 	if (ctx->user_ip4 == SM_LOCALHOST_NET)
 		return 1;
-	__u32 zero = 0;
-	struct sm_config *cfg = sm_config_v1.lookup(&zero);
 	if (cfg && ctx->user_ip4 == cfg->splice_ip && (__u16)ctx->user_port == cfg->splice_port)
 		return 1;
 	sm_count(SM_R_BLACKHOLE);
@@ -38,6 +39,10 @@ static __always_inline int sm_blackhole(struct bpf_sock_addr *ctx)
 int sm_connect4(struct bpf_sock_addr *ctx)
 {
 	if (ctx->type != SOCK_STREAM)
+		return 1;
+	__u32 zero = 0;
+	struct sm_config *cfg = sm_config_v2.lookup(&zero);
+	if (cfg && cfg->agent_cgroup && bpf_get_current_cgroup_id() == cfg->agent_cgroup)
 		return 1;
 	struct sm_svc_key key = {.vip = ctx->user_ip4, .port = (__u16)ctx->user_port};
 	struct sm_service *svc = sm_services_v1.lookup(&key);
@@ -52,10 +57,8 @@ int sm_connect4(struct bpf_sock_addr *ctx)
 			return 1;
 	}
 	if (svc->kind == SM_SVC_BLACKHOLE)
-		return sm_blackhole(ctx);
+		return sm_blackhole(ctx, cfg);
 	if (svc->kind == SM_SVC_HTTP) {
-		__u32 zero = 0;
-		struct sm_config *cfg = sm_config_v1.lookup(&zero);
 		if (!cfg || cfg->splice_port == 0)
 			return 1;
 		struct sm_orig_dst od = {.vip = ctx->user_ip4, .port = (__u16)ctx->user_port,

@@ -94,7 +94,8 @@ class Slot(C.Structure):
 
 
 class Config(C.Structure):
-    _fields_ = [("splice_ip", u32), ("splice_port", u16), ("pad", u16), ("build", u64)]
+    _fields_ = [("splice_ip", u32), ("splice_port", u16), ("pad", u16), ("build", u64),
+                ("agent_cgroup", u64)]
 
 
 class SlotRoute(C.Structure):
@@ -116,6 +117,8 @@ STRUCTS: dict[str, type[C.Structure]] = {
 }
 
 
+# the loader's settings for the programs (index 0): sm_config
+CONFIG_MAP = "sm_config_v2"
 # per-connection state (sockops, sk_msg, the slow path): application socket -> Client
 CLIENTS_MAP = "sm_clients_v2"
 # completed responses per (rule, cluster, endpoint, status class), per CPU

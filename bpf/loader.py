@@ -32,7 +32,7 @@ from pathlib import Path
 from bpf import maps
 from bpf.cgroup2 import cgroup2_root
 from bpf.hashing import WELL_KNOWN, fnv1a64
-from bpf.layout import Config
+from bpf.layout import CONFIG_MAP, Config
 from bpf.limits import limit
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,38 @@ def check_cgroup(path: Path, root: Path | None = None) -> Path:
     return path
 
 
+OWN_CGROUP_SEARCH_LIMIT = 20000  # cgroup directories own_cgroup looks at, at most
+
+
+def own_cgroup(root: Path | None = None) -> Path | None:
+    """This process's cgroup v2 directory under ``root`` (the cgroup v2 mount), or None.
+
+    The ``0::`` line of /proc/self/cgroup names it relative to the cgroup namespace's root;
+    when that path does not hold this process (a container in its own cgroup namespace with
+    the node's hierarchy mounted), the directory whose cgroup.procs lists it is looked up.
+    """
+    root = CGROUP2_ROOT if root is None else root
+    pid = str(os.getpid())
+
+    def holds_me(path: Path) -> bool:
+        try:
+            return pid in (path / "cgroup.procs").read_text().split()
+        except OSError:
+            return False
+
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            path = root / line[3:].strip().lstrip("/")
+            if holds_me(path):
+                return path
+    for n, (dirpath, _, _) in enumerate(os.walk(root)):
+        if n >= OWN_CGROUP_SEARCH_LIMIT:
+            break
+        if holds_me(Path(dirpath)):
+            return Path(dirpath)
+    return None
+
+
 class Loader:
     """Owns the programs of one datapath instance: load(), then close()."""
 
@@ -148,6 +180,7 @@ class Loader:
             raise DatapathError(f"pin dir {pin_dir} is not under {BPFFS}")
         self.splice = splice
         self.build = build_id(self.pin_dir)
+        self.agent_cgroup = 0  # cgroup v2 id connect4 exempts: this process's, set at load
         self.prog_fds: dict[str, int] = {}
         self.reused = False
         self._modules: list[object] = []
@@ -175,6 +208,7 @@ class Loader:
             else:
                 self._drop_stale_programs()
                 self._compile_and_attach()
+            self.agent_cgroup = self._exempt_own_cgroup()
             self._write_config()
         except Exception as exc:
             self._rollback(created_dir)
@@ -183,7 +217,7 @@ class Loader:
             raise DatapathError(f"datapath not loaded: {exc}") from exc
 
     def _pinned_build(self) -> int:
-        path = self.map_path("sm_config_v1")
+        path = self.map_path(CONFIG_MAP)
         if not path.exists():
             return 0
         m = maps.PinnedMap(path, C.c_uint32, Config)
@@ -276,14 +310,32 @@ class Loader:
         for spec in PROGRAMS:  # pin
             maps.obj_pin(self.prog_fds[spec.name], self.prog_path(spec.name))
 
+    def _exempt_own_cgroup(self) -> int:
+        """The cgroup id of this process, which owns the datapath's pooled and slow-path
+        sockets: connect4 leaves that cgroup's connects alone (0: none found)."""
+        mine = own_cgroup()
+        if mine is None:
+            log.warning("cgroup v2 directory of this process (pid %d) not found under %s: "
+                        "connect4 does not exempt the datapath's own connects",
+                        os.getpid(), CGROUP2_ROOT)
+            return 0
+        if mine.resolve() in self.cgroups:
+            log.warning("this process (pid %d, owner of the datapath's sockets: the socket "
+                        "keeper) is in cgroup %s, which is one of the attached cgroups %s: "
+                        "every process in it is exempt from connect4 (neither redirected nor "
+                        "refused); run the agent in a cgroup of its own", os.getpid(), mine,
+                        ", ".join(map(str, self.cgroups)))
+        return os.stat(mine).st_ino
+
     def _write_config(self) -> None:
-        m = maps.PinnedMap(self.map_path("sm_config_v1"), C.c_uint32, Config)
+        m = maps.PinnedMap(self.map_path(CONFIG_MAP), C.c_uint32, Config)
         try:
             ip, port = self.splice
             cfg = Config()
             cfg.splice_ip = struct.unpack("=I", socket.inet_aton(ip))[0]
             cfg.splice_port = socket.htons(port)
             cfg.build = self.build
+            cfg.agent_cgroup = self.agent_cgroup
             m.set(0, cfg)
         finally:
             m.close()

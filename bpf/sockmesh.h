@@ -285,6 +285,8 @@ struct sm_config {
 	__u16 splice_port;  /* net */
 	__u16 pad;
 	__u64 build;        /* hash of the sources and flags of the attached programs */
+	__u64 agent_cgroup; /* cgroup v2 id of the process owning the datapath's own sockets
+			     * (pools, slow path): connect4 leaves its connects alone; 0: none */
 };
 
 /* request parser state; kept in map memory so the verifier sees one state per byte */
@@ -396,7 +398,7 @@ SM_SOCKHASH(sm_clsocks_v1, struct sm_sock_key, SM_MAX_CLIENTS);
 SM_SOCKHASH(sm_poolsocks_v1, __u32, SM_MAX_SLOTS);
 
 /* 0 -> struct sm_config.  Writer: loader. */
-BPF_TABLE_PINNED("array", __u32, struct sm_config, sm_config_v1, 1, SM_PIN(sm_config_v1));
+BPF_TABLE_PINNED("array", __u32, struct sm_config, sm_config_v2, 1, SM_PIN(sm_config_v2));
 /* VIP:port -> service.  Writer: encoder. */
 BPF_TABLE_PINNED("hash", struct sm_svc_key, struct sm_service, sm_services_v1, SM_MAX_SERVICES,
 		 SM_PIN(sm_services_v1), SM_HASH_FLAGS);

@@ -31,7 +31,7 @@ def test_connect4_sends_l7_connections_to_the_given_splice_address(backends) -> 
         client = None
         try:
             assert dp.splice is not None and dp.splice.addr[0] == SPLICE
-            cfg = PinnedMap(dp.pin_dir / "sm_config_v1", C.c_uint32, layout.Config)
+            cfg = PinnedMap(dp.pin_dir / layout.CONFIG_MAP, C.c_uint32, layout.Config)
             try:
                 got = cfg.get(0)
             finally:
