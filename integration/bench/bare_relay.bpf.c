@@ -9,7 +9,8 @@
  *
  * fl_sockops (cgroup sock_ops, on the floor's own child cgroup): an established client
  * connection enters fl_cl and is paired with the next pooled connection (round robin over
- * the fl_npool the harness filled; the harness zeroes fl_next before each load run).
+ * the pooled connections the harness put in fl_ctl[1]), and gets the receive buffer
+ * sockmesh's sockops gives its clients (FL_RCVBUF = SM_RCVBUF, from the harness).
  */
 
 /* client local port (host order) -> client socket; carries fl_msg, redirect target of fl_skb */
@@ -44,6 +45,8 @@ int fl_sockops(struct bpf_sock_ops *skops)
 	u32 pp = *pport;
 	fl_pair.update(&cport, &idx);
 	fl_back.update(&pp, &cport);
+	int rcvbuf = FL_RCVBUF;
+	bpf_setsockopt(skops, 1 /* SOL_SOCKET */, 8 /* SO_RCVBUF */, &rcvbuf, sizeof(rcvbuf));
 	fl_cl.sock_hash_update(skops, &cport, BPF_ANY);
 	return 1;
 }

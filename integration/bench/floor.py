@@ -19,10 +19,12 @@ import ctypes as C
 import os
 import socket
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bpf import maps
+from bpf.limits import limit
 from bpf.loader import (
     ATTACH_CGROUP_SOCK_OPS,
     ATTACH_SK_MSG_VERDICT,
@@ -37,14 +39,15 @@ MAX_POOL = 64  # fl_pool's size in bare_relay.bpf.c
 class BareRelay:
     """The bare relay, attached to ``cgroup`` (a child cgroup holding only its clients).
 
-    ``pool`` connections to ``backend`` are opened here; give it at least as many as the
-    most connections one client run opens (clients are paired round robin, so any run of
-    up to ``pool`` connections gets one pooled connection each).  ``parser`` also attaches
+    ``pool`` connections are opened here, round robin over ``backends`` (as the kernel
+    scenario's ROUND_ROBIN spreads requests); give it at least as many as the most
+    connections one client run opens (clients are paired round robin, so any run of up to
+    ``pool`` connections gets one pooled connection each).  ``parser`` also attaches
     a stream parser to the pooled connections (the strparser path; analysis only).
     ``close()`` detaches everything and closes every socket, also after a failed start.
     """
 
-    def __init__(self, cgroup: Path, backend: tuple[str, int], pool: int,
+    def __init__(self, cgroup: Path, backends: Sequence[tuple[str, int]], pool: int,
                  parser: bool = False) -> None:
         from bcc import BPF, lib  # only the relay needs bcc; the report does not
 
@@ -56,9 +59,9 @@ class BareRelay:
         self._accepted: list[socket.socket] = []
         self._stop = threading.Event()
         self._cg_fd = -1
-        self.bpf = BPF(text=SOURCE.read_text())
+        self.bpf = BPF(text=SOURCE.read_text(), cflags=[f"-DFL_RCVBUF={limit('RCVBUF')}"])
         try:
-            self._start(BPF, cgroup, backend, pool, parser)
+            self._start(BPF, cgroup, backends, pool, parser)
         except BaseException:
             self.close()
             raise
@@ -70,8 +73,8 @@ class BareRelay:
         maps.prog_attach(prog_fd, target, at)
         self._attached.append((prog_fd, target, at))
 
-    def _start(self, bpf_cls: Any, cgroup: Path, backend: tuple[str, int], pool: int,
-               parser: bool) -> None:
+    def _start(self, bpf_cls: Any, cgroup: Path, backends: Sequence[tuple[str, int]],
+               pool: int, parser: bool) -> None:
         b = self.bpf
         if parser:
             self._attach(b.load_func(b"fl_parse", bpf_cls.SK_SKB).fd, self._fd("fl_pool"),
@@ -84,7 +87,7 @@ class BareRelay:
         # would run without them)
         ports, ctl = b["fl_poolport"], b["fl_ctl"]
         for i in range(pool):
-            s = socket.create_connection(backend, timeout=5)
+            s = socket.create_connection(backends[i % len(backends)], timeout=5)
             self._socks.append(s)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             k, v = C.c_uint32(i), C.c_uint64(s.fileno())
@@ -165,8 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-cpu", default="0", help="nginx's CPU list (taskset)")
     p.add_argument("--parser", action="store_true",
                    help="also measure the relay with a stream parser on the pooled sockets")
+    p.add_argument("--one-backend", action="store_true",
+                   help="also measure the relay with all its pooled connections to one nginx")
     a = p.parse_args(argv)
-    names = ["sockmesh-floor-kernel", "sockmesh-floor-relay", "sockmesh-floor-parser"]
+    names = ["sockmesh-floor-kernel", "sockmesh-floor-relay", "sockmesh-floor-parser",
+             "sockmesh-floor-one"]
     for n in names:
         cgroups.sweep(n)
     work = Path(tempfile.mkdtemp(prefix="sockmesh-floor-"))
@@ -190,10 +196,14 @@ def main(argv: list[str] | None = None) -> int:
             "direct": (f"http://127.0.0.1:{eps[0][1]}/", None, None),
             "kernel": (f"http://{KERNEL_VIP[0]}:{KERNEL_VIP[1]}/", in_group(groups[0]),
                        dp.counters)}
-        for name, parser, cgname in (("floor", False, names[1]),
-                                     ("floor_parser", True, names[2]))[:2 if a.parser else 1]:
+        variants = [("floor", False, names[1], eps)]
+        if a.parser:
+            variants.append(("floor_parser", True, names[2], eps))
+        if a.one_backend:
+            variants.append(("floor_one", False, names[3], eps[:1]))
+        for name, parser, cgname, to in variants:
             groups.append(cgroups.create(cgname))
-            relays.append(BareRelay(groups[-1], eps[0], 8, parser=parser))
+            relays.append(BareRelay(groups[-1], to, 8, parser=parser))
             urls[name] = (relays[-1].url, in_group(groups[-1]), None)
         recs: dict[str, list[dict[str, Any]]] = {k: [] for k in urls}
         for rnd in range(a.rounds):

@@ -37,12 +37,14 @@ from integration.agent import fast_path_share
 from integration.preflight import BPFFS, missing_for_datapath
 
 PREFIX = "sockmesh-bench"
+FLOOR_PREFIX = f"{PREFIX}-floor"  # the bare relay's own cgroup (its sockops program)
 PKG_ROOT = str(Path(integration.__file__).resolve().parents[1])
 CLIENT_CPU, SERVER_CPU = "1", "0"
 N_BACKENDS = 3
 CONNECTIONS = 8
 PACE_MS = 1
 BACKGROUND_WINDOW_S = 1.0
+ON_DATAPATH = ("kernel", "slow")  # scenarios whose clients the datapath serves
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -182,10 +184,10 @@ class Bench:
     def main(self) -> dict[str, Any]:
         from bpf.datapath import Datapath
         from integration.bench import control, nginx, proxies
-        from integration.bench.load import run_wrk, wrk_binary
+        from integration.bench.floor import BareRelay
+        from integration.bench.load import measured_round, wrk_binary
         from integration.bench.scenarios import KERNEL_VIP, SLOW_VIP, bench_tables
         from integration.bench.system import (
-            CpuSample,
             bpf_map_memory,
             machine,
             pin_to_cpu,
@@ -208,11 +210,13 @@ class Bench:
         }
         self.say(f"sockmesh bench ({'quick' if self.quick else 'full'}): load average "
                  f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-        for path in cgroups.sweep(PREFIX):
+        for path in cgroups.sweep(PREFIX) + cgroups.sweep(FLOOR_PREFIX):
             self.say(f"removed leftover {path} of an earlier run")
         work = Path(tempfile.mkdtemp(prefix="sockmesh-bench-"))
         cg: Path | None = None
+        cg_floor: Path | None = None
         dp: Datapath | None = None
+        relay: BareRelay | None = None
         backends: list[nginx.Nginx] = []
         envoys: list[EnvoyProcess] = []
         try:
@@ -230,6 +234,10 @@ class Bench:
             dp.load()
             dp.apply(bench_tables(eps))
             self.say(f"datapath attached to {cg} (pins {BPFFS / cg.name})")
+            cg_floor = cgroups.create(FLOOR_PREFIX)
+            relay = BareRelay(cg_floor, eps, CONNECTIONS)
+            self.say(f"bare relay (the sockmap mechanism alone) attached to {cg_floor}, "
+                     f"{CONNECTIONS} pooled connections over the {N_BACKENDS} backends")
             # the datapath's own threads (pool maintenance, splice listener) while idle: a
             # cost every scenario below carries, direct included
             p0, w0 = time.process_time(), time.monotonic()
@@ -265,8 +273,13 @@ class Bench:
                 assert cg is not None
                 return cgroups.spawn_in(argv, cg, **kw)
 
+            def in_floor(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+                assert cg_floor is not None
+                return cgroups.spawn_in(argv, cg_floor, **kw)
+
             urls = {
                 "direct": (f"http://127.0.0.1:{eps[0][1]}/", None),
+                "floor": (relay.url, in_floor),
                 "kernel": (f"http://{KERNEL_VIP[0]}:{KERNEL_VIP[1]}/", in_cgroup),
                 "slow": (f"http://{SLOW_VIP[0]}:{SLOW_VIP[1]}/", in_cgroup),
                 "envoy": (f"http://127.0.0.1:{hop.listener_port(proxies.LISTENER)}/", None),
@@ -282,42 +295,24 @@ class Bench:
                     self.say(f"[{k}/{n_runs}] round {rnd + 1}: {name}: warm-up, "
                              f"{self.sat_s:g} s at {CONNECTIONS} connections, "
                              f"{self.low_s:g} s paced")
-                    run_wrk(url, connections=CONNECTIONS, seconds=self.warm_s,
-                            cpu=CLIENT_CPU, spawn=spawn)
-                    # what the machine burns without our load (other users, our idle
-                    # proxies and pool thread), measured over a fixed window
-                    b0 = CpuSample.now()
-                    time.sleep(BACKGROUND_WINDOW_S)
-                    b1 = CpuSample.now()
-                    background = b1.busy_seconds_since(b0) / (b1.at - b0.at)
-                    before = dp.counters()
-                    c0 = CpuSample.now()
-                    sat = run_wrk(url, connections=CONNECTIONS, seconds=self.sat_s,
-                                  cpu=CLIENT_CPU, spawn=spawn)
-                    c1 = CpuSample.now()
-                    after = dp.counters()
-                    low = run_wrk(url, connections=1, seconds=self.low_s, cpu=CLIENT_CPU,
-                                  spawn=spawn, pace_ms=PACE_MS, workdir=work)
-                    delta = {c: after[c] - before.get(c, 0) for c in after}
-                    cpu_s = c1.busy_seconds_since(c0)
-                    busy = c1.busy_share_since(c0)
-                    rec = {"saturation": sat.to_json(), "low_rate": low.to_json(),
-                           "cpu_s": cpu_s, "softirq_s": c1.softirq_seconds_since(c0),
-                           "cpu_busy_share": busy,
-                           "cpu_s_per_10k": cpu_s / max(sat.requests, 1) * 1e4,
-                           "background_cpu_per_s": background,
-                           "cpu_s_per_10k_net": max(cpu_s - background * (c1.at - c0.at), 0.0)
-                           / max(sat.requests, 1) * 1e4,
-                           "fast_share": fast_path_share(delta) if spawn else None,
-                           "counters": {c: v for c, v in delta.items() if v}}
-                    if sat.errors or low.errors:
+                    rec = measured_round(
+                        url, spawn=spawn, connections=CONNECTIONS, seconds=self.sat_s,
+                        warm_s=self.warm_s, low_s=self.low_s, pace_ms=PACE_MS, cpu=CLIENT_CPU,
+                        workdir=work, background_s=BACKGROUND_WINDOW_S,
+                        counters=dp.counters if name in ON_DATAPATH else None)
+                    on_dp = name in ON_DATAPATH
+                    rec["fast_share"] = fast_path_share(rec["counters"]) if on_dp else None
+                    rec["fast_share_low_rate"] = (fast_path_share(rec["counters_low_rate"])
+                                                  if on_dp else None)
+                    sat, low = rec["saturation"], rec["low_rate"]
+                    if sat["errors"] or low["errors"]:
                         self.notes.append(f"{name} round {rnd + 1}: wrk saw "
-                                          f"{sat.errors + low.errors} errors")
+                                          f"{sat['errors'] + low['errors']} errors")
                     rounds[name].append(rec)
-                    self.say(f"    {sat.rps:,.0f} req/s, p50 {sat.p50_us:.0f} us; paced p50 "
-                             f"{low.p50_us:.1f} us p99 {low.p99_us:.1f} us; "
+                    self.say(f"    {sat['rps']:,.0f} req/s, p50 {sat['p50_us']:.0f} us; paced "
+                             f"p50 {low['p50_us']:.1f} us p99 {low['p99_us']:.1f} us; "
                              f"{rec['cpu_s_per_10k']:.3f} CPU s/10k; CPUs busy "
-                             + "/".join(f"{x:.0%}" for x in busy)
+                             + "/".join(f"{x:.0%}" for x in rec["cpu_busy_share"])
                              + (f"; kernel share {rec['fast_share']:.1%}"
                                 if rec["fast_share"] is not None else ""))
             for name, recs in rounds.items():
@@ -338,6 +333,8 @@ class Bench:
             for e in envoys:
                 e.stop()
             envoys = []
+            relay.close()
+            relay = None
 
             self.say(f"control plane: {self.route_updates} route updates, benchmark tables")
             small = control.route_updates_small(dp, eps, self.route_updates, self.say)
@@ -355,18 +352,22 @@ class Bench:
         finally:
             for e in envoys:
                 e.stop()
+            if relay is not None:
+                relay.close()
             if dp is not None:
                 dp.close()
             for b in backends:
                 b.stop()
-            if cg is not None:
-                pin = BPFFS / cg.name
+            for group in (cg, cg_floor):
+                if group is None:
+                    continue
+                pin = BPFFS / group.name
                 if pin.exists():
                     shutil.rmtree(pin, ignore_errors=True)
                 try:
-                    cgroups.remove(cg)
+                    cgroups.remove(group)
                 except OSError as exc:
-                    print(f"sockmesh bench: could not remove {cg}: {exc}", file=sys.stderr)
+                    print(f"sockmesh bench: could not remove {group}: {exc}", file=sys.stderr)
             shutil.rmtree(work, ignore_errors=True)
         results["duration_s"] = time.monotonic() - self.t0
         results["loadavg_end"] = list(os.getloadavg())
@@ -398,6 +399,8 @@ def _aggregate(recs: list[dict[str, Any]]) -> dict[str, Any]:
         return {k: _median([r[part][k] for r in recs]) for k in keys}
 
     shares = [r["fast_share"] for r in recs if r["fast_share"] is not None]
+    low_shares = [r["fast_share_low_rate"] for r in recs
+                  if r.get("fast_share_low_rate") is not None]
     return {"saturation": med("saturation"), "low_rate": med("low_rate"),
             "cpu_s_per_10k": _median([r["cpu_s_per_10k"] for r in recs]),
             "cpu_s_per_10k_net": _median([r["cpu_s_per_10k_net"] for r in recs]),
@@ -405,6 +408,7 @@ def _aggregate(recs: list[dict[str, Any]]) -> dict[str, Any]:
             "softirq_s_per_10k": _median([r["softirq_s"] / max(r["saturation"]["requests"], 1)
                                           * 1e4 for r in recs]),
             "fast_share": _median(shares) if shares else None,
+            "fast_share_low_rate": _median(low_shares) if low_shares else None,
             "cpu_busy_share": [_median([r["cpu_busy_share"][i] for r in recs])
                                for i in range(len(recs[0]["cpu_busy_share"]))],
             "rounds": recs}

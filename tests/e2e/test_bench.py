@@ -3,8 +3,10 @@ JSON and plots; the docs page and README section are generated from that JSON.
 
 The checks are about the run being real and complete, not about the speed targets (those
 are printed MET/MISSED by the benchmark itself, on a shared machine): every scenario served
-requests without errors, the kernel scenario was routed in the kernel and the slow-path
-scenario was not, every target was evaluated, the control-plane and memory figures exist.
+requests without errors (the bare relay too), the kernel scenario was routed in the kernel
+(at saturation and at the low rate) and the slow-path scenario was not, every target was
+evaluated (the data-plane ones with the bare relay beside them), the control-plane and
+memory figures exist.
 ~100 s on 2 busy cores (the quick run itself; the bound is 180 s).
 """
 
@@ -25,7 +27,7 @@ from integration.preflight import BPFFS, CGROUP2_ROOT
 ROOT = Path(__file__).resolve().parents[2]
 SOCKMESH = [sys.executable, "-m", "integration.cli"]
 QUICK_BOUND_S = 180.0
-SCENARIOS = {"direct", "kernel", "slow", "envoy", "sidecars"}
+SCENARIOS = {"direct", "floor", "kernel", "slow", "envoy", "sidecars"}
 
 
 def _leftovers() -> set[str]:
@@ -73,6 +75,8 @@ def test_quick_run_is_bounded_and_complete(quick_run: tuple[Path, str, float]) -
     assert r["scenarios"]["kernel"]["fast_share"] > 0.9
     assert r["scenarios"]["slow"]["fast_share"] < 0.1
     assert r["scenarios"]["slow"]["rounds"][0]["counters"].get("route_user", 0) > 0
+    assert r["scenarios"]["kernel"]["fast_share_low_rate"] > 0.9
+    assert r["scenarios"]["floor"]["fast_share"] is None  # the bare relay is not sockmesh
     mem = r["memory"]
     assert mem["envoy_hop_rss"] > 0 and mem["bench_bpf_map_bytes"] > 0
     ist = mem["istio"]
@@ -88,6 +92,8 @@ def test_quick_run_is_bounded_and_complete(quick_run: tuple[Path, str, float]) -
         assert t.line() in stdout
     # only a latency ratio may lack a value (when noise makes Envoy's added latency <= 0)
     assert all(t.met is not None for t in targets if "latency" not in t.name)
+    # the mechanism alone stands beside the five data-plane targets
+    assert sum(t.floor is not None for t in targets) == 5
     kernel = r["scenarios"]["kernel"]["bpf_programs"]
     assert {p["name"] for p in kernel["programs"]} >= {"sm_sk_msg", "sm_sk_skb"}
     assert kernel["bpf_ns_per_request"] > 0

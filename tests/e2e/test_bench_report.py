@@ -104,3 +104,26 @@ def test_ab_compare(envoy: tuple[Any, ...], ours: tuple[Any, ...], decision: dic
 def test_percentiles_nearest_rank() -> None:
     p = percentiles([float(x) for x in range(1, 101)])
     assert (p["p50_us"], p["p90_us"], p["p99_us"], p["max_us"]) == (50.0, 90.0, 99.0, 100.0)
+
+
+def test_the_mechanism_alone_stands_beside_each_data_plane_target() -> None:
+    r = _results(kernel_rps=4_000, kernel_p50=90, kernel_cpu=2.0)  # misses all four
+    r["scenarios"]["floor"] = {"saturation": _wrk(6_000.0, 140.0, 220.0),
+                               "low_rate": _wrk(900.0, 60.0, 105.0), "cpu_s_per_10k": 1.1}
+    ts = {t.name: t for t in report.targets(r)}
+    thr = ts["throughput vs direct"]
+    assert thr.met is False and thr.floor == pytest.approx(0.6) and thr.floor_met is False
+    cpu = ts["CPU per request vs direct"]
+    assert cpu.met is False and cpu.floor == pytest.approx(1.1) and cpu.floor_met is True
+    assert ts["added p50 latency vs Envoy's added (low rate)"].floor == pytest.approx(0.1)
+    assert ts["one endpoint change to the datapath (median ms)"].floor is None
+    lines = report.floor_lines(r)
+    assert any(ln.startswith("- throughput vs direct") and "no change to sockmesh's programs"
+               in ln for ln in lines)
+    assert any(ln.startswith("- CPU per request vs direct") and "sockmesh's own work" in ln
+               for ln in lines)
+    assert "the mechanism alone: 0.600 (missed)" in thr.line()
+    table = "\n".join(report._md_targets(r))
+    assert "| 0.600 (missed) |" in table and "| 1.100 (met) |" in table
+    del r["scenarios"]["floor"]  # an older run without the scenario: no floor anywhere
+    assert all(t.floor is None for t in report.targets(r)) and report.floor_lines(r) == []
