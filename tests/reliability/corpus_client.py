@@ -49,7 +49,7 @@ def _parse_one(buf: bytearray, head_only: bool) -> dict[str, Any] | None:
     body = bytes(buf[end + 4:end + 4 + n])
     del buf[:end + 4 + n]
     return {"status": status, "backend": headers.get("x-backend"),
-            "server": headers.get("server"), "body": body[:80].decode("latin-1")}
+            "server": headers.get("server"), "body": body[:160].decode("latin-1")}
 
 
 def exchange(host: str, port: int, chunks: list[bytes], owed: int,

@@ -13,13 +13,16 @@ limit.  Records are ``[kind, backend, status, latency_us, t_wall, error]``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
 import signal
 import socket
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -258,21 +261,114 @@ def test_refused_connect_is_retried_only_under_a_retry_policy(tmp: Path) -> None
     record("refused_connect_retry_policy", **{p: {"requests": counts[p], "slow_path": o,
                                                  "answers": dict(answers(got[p]))}
                                              for p, o in outcomes.items()})
-    # Envoy's 503 body (the client keeps its first 80 characters)
-    failure = "upstream connect error or disconnect/reset before headers. "
+    # Envoy's 503 body
+    failure = "503 upstream connect error or disconnect/reset before headers. "
     n = counts["plain"]
     assert answers(got["plain"]) == answers(envoy["plain"]) == Counter(
-        {f"503 {(failure + 'reset reason: remote connection failure')[:80]}": n})
+        {f"{failure}reset reason: remote connection failure": n})
     assert outcomes["plain"] == {"proxied": 0, "upstream_connect_error": n, "retried": 0,
                                  "upstream_connect_failed": n}
     n = counts["istio"]
     assert answers(got["istio"]) == answers(envoy["istio"]) == Counter(
-        {f"503 {(failure + 'retried and the latest reset reason')[:80]}": n})
+        {f"{failure}retried and the latest reset reason: remote connection failure": n})
     assert outcomes["istio"] == {"proxied": 0, "upstream_connect_error": 3 * n,
                                  "retried": 2 * n, "upstream_connect_failed": n}
     n = counts["other"]
     assert answers(got["other"]) == answers(envoy["other"]) == Counter({"200 details-1": n})
     assert outcomes["other"]["retried"] > 0 and outcomes["other"]["upstream_connect_failed"] == 0
+
+
+@contextlib.contextmanager
+def closing_backend(host: str) -> Iterator[tuple[str, int]]:
+    """A backend on ``host`` that reads a request and closes without answering."""
+    ls = socket.socket()
+    ls.bind((host, 0))
+    ls.listen(64)
+
+    def close_after_request(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(IDLE_LIMIT_S)  # pooled connections stay idle: end them in time
+            with contextlib.suppress(OSError):
+                conn.recv(1 << 16)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = ls.accept()
+            except OSError:
+                return  # the listening socket was closed
+            threading.Thread(target=close_after_request, args=(conn,), daemon=True).start()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield ls.getsockname()
+    finally:
+        ls.close()
+        t.join(5)
+
+
+IDLE_LIMIT_S = 10.0
+
+
+def test_reset_before_a_response_is_retried_only_when_the_policy_retries_resets(
+        tmp: Path) -> None:
+    """productpage's only endpoint reads each request and closes.  Routes to it that the
+    slow path serves (regex matches): without a retry policy, and with istiod's default
+    (connect-failure: not a reset), the request is 503 after one attempt; with retry_on
+    ``reset`` and 2 retries it is sent three times, then 503.  A real Envoy with the same
+    configuration answers each the same way, same 503 body."""
+    import base64
+
+    host = next(b.host for b in mesh.backends(0) if b.name == "productpage-1")
+    policies: dict[str, dict[str, Any] | None] = {
+        "plain": None, "istio": mesh.ISTIO_RETRY, "reset": {"retryOn": "reset", "numRetries": 2}}
+    routes = []
+    for name, policy in policies.items():
+        route: dict[str, Any] = {"name": name, "match": {"safeRegex": {"regex": f"/{name}/.*"}},
+                                 "route": {"cluster": "productpage"}}
+        if policy is not None:
+            route["route"]["retryPolicy"] = policy
+        routes.append(route)
+    n = 8
+
+    def cases(path: str) -> list[dict[str, Any]]:
+        return [{"name": f"{path}-{i}", "responses": 1, "chunks": [base64.b64encode(
+            f"GET /{path}/{i} HTTP/1.1\r\nHost: reviews:{mesh.PORT}\r\n\r\n".encode()
+        ).decode()]} for i in range(n)]
+
+    got: dict[str, Counter[str]] = {}
+    envoy: dict[str, Counter[str]] = {}
+    outcomes: dict[str, dict[str, int]] = {}
+    with closing_backend(host) as addr, live_mesh(
+            tmp, with_envoy=True, overrides={"productpage-1": addr},
+            routes=routes + REVIEWS_ROUTES) as lm:
+        assert lm.envoy_port is not None
+        vip = next(s.vip for s in mesh.SERVICES if s.name == "reviews")
+        for path in policies:
+            s0 = slow_outcomes(lm)
+            got[path] = Counter(f"{r['responses'][0]['status']} {r['responses'][0]['body']}"
+                                for r in lm.run_client(cases(path), in_cgroup=True, host=vip,
+                                                       port=mesh.PORT, name=f"mesh-{path}"))
+            s1 = slow_outcomes(lm)
+            outcomes[path] = {k: s1[k] - s0[k] for k in ("proxied", "retried", "upstream_reset")}
+            envoy[path] = Counter(f"{r['responses'][0]['status']} {r['responses'][0]['body']}"
+                                  for r in lm.run_client(cases(path), in_cgroup=False,
+                                                         host="127.0.0.1", port=lm.envoy_port,
+                                                         name=f"envoy-{path}"))
+    print(f"\nreset before a response: {outcomes}")
+    for path in policies:
+        print(f"  /{path}: sockmesh {dict(got[path])}; Envoy {dict(envoy[path])}")
+    record("reset_retry_policy", requests=n, slow_path=outcomes)
+    failure = "503 upstream connect error or disconnect/reset before headers. "
+    once = Counter({f"{failure}reset reason: connection termination": n})
+    thrice = Counter({f"{failure}retried and the latest reset reason: connection termination": n})
+    assert got["plain"] == envoy["plain"] == once
+    assert got["istio"] == envoy["istio"] == once
+    assert got["reset"] == envoy["reset"] == thrice
+    assert outcomes["plain"] == outcomes["istio"] == {"proxied": 0, "retried": 0,
+                                                      "upstream_reset": n}
+    assert outcomes["reset"] == {"proxied": 0, "retried": 2 * n, "upstream_reset": n}
 
 
 def test_keepalive_timeout_closes_pool_connections_without_failures(tmp: Path) -> None:

@@ -204,6 +204,8 @@ def mangled_resources(draw: st.DrawFn) -> list[dict[str, Any]]:
     for _ in range(draw(st.integers(1, 4))):
         obj = objs[draw(st.integers(0, len(objs) - 1))]
         paths = _paths(obj)
+        if not paths:
+            continue  # every field of this one was deleted already
         path = paths[draw(st.integers(0, len(paths) - 1))]
         parent = obj
         for p in path[:-1]:

@@ -3,8 +3,8 @@ real Envoy one hop away as the oracle for every case.
 
 Every case (tests/support/http_corpus.py, plus the split-write sweep at every byte offset of
 a request's header section) is sent by a client inside the test cgroup to the reviews VIP
-twice: on ``/fast`` (the kernel decides) and on ``/slow`` (a route with a retry policy, so the
-kernel hands every request to the user-space slow path), and outside the cgroup to Envoy.
+twice: on ``/fast`` (the kernel decides) and on ``/slow`` (a regex route, so the kernel hands
+every request to the user-space slow path), and outside the cgroup to Envoy.
 tests/reliability/http_judge.py says what must hold.  Results go to
 .cache/reliability/http_corpus.json for docs/reliability.md (tests/reliability/report.py).
 """
