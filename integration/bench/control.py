@@ -278,6 +278,7 @@ def memory_figures(rs: ResourceSet, workdir: Path, pkg_root: str,
         maps: dict[int, int] = {}
         for pid in pids:
             maps.update(bpf_map_sizes(pid))
+        maps.update(pinned_map_sizes(pin))  # also those no process holds open
         agent_rss, map_bytes = sum(rss.values()), sum(maps.values())
         say(f"memory: sockmesh agent RSS {agent_rss / 2**20:.1f} MiB "
             f"({len(pids)} processes) + {len(maps)} BPF maps {map_bytes / 2**20:.1f} MiB; "
@@ -301,6 +302,27 @@ def memory_figures(rs: ResourceSet, workdir: Path, pkg_root: str,
             shutil.rmtree(pin, ignore_errors=True)
         if cg is not None:
             cgroups.remove(cg)
+
+
+def pinned_map_sizes(pin_dir: Path) -> dict[int, int]:
+    """map_id -> memlock bytes of every BPF map pinned under ``pin_dir``: the socket keeper
+    holds open only the maps it uses (not the programs' own, like the tail-call arrays)."""
+    from bpf import maps as bpf_maps
+
+    out: dict[int, int] = {}
+    for path in sorted(pin_dir.iterdir()):
+        try:
+            fd = bpf_maps.obj_get(path)
+        except OSError:
+            continue
+        try:
+            info = Path(f"/proc/self/fdinfo/{fd}").read_text()
+        finally:
+            os.close(fd)
+        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        if "map_id" in fields:  # programs are pinned here too
+            out[int(fields["map_id"])] = int(fields.get("memlock", "0"))
+    return out
 
 
 def _agent_admin(agent: subprocess.Popen[str]) -> str:
