@@ -193,13 +193,35 @@ def faults_section(f: dict[str, Any] | None, soak_ci: dict[str, Any] | None,
                        f"{b['pool_empty_in_window']} to the slow path (`pool_empty`: no idle "
                        f"connection to the picked endpoint), which proxied "
                        f"{sp.get('proxied', 0)}, met {sp.get('upstream_connect_error', 0)} "
-                       f"refused connects and retried each on the other host "
+                       f"refused connects and retried them under the route's retry policy "
                        f"({sp.get('retried', 0)} retries, {sp.get('upstream_connect_failed', 0)}"
-                       " requests out of attempts). As Envoy under Istio's default route retry "
-                       "policy (connect-failure, 2 retries, previous hosts skipped); like Envoy "
-                       "without `outlier_detection`, the dead endpoint is not ejected: each "
-                       "request picked for it costs one refused loopback connect until EDS "
-                       "removes it.")
+                       " requests out of attempts). The mesh's routes carry istiod's default "
+                       "policy (connect-failure, 2 retries, previous hosts skipped up to 5 "
+                       "re-picks, then the last pick), as Envoy would run them: with two RANDOM "
+                       "hosts a request fails only when all its picks hit the dead one (1 in "
+                       "8192). Like Envoy without `outlier_detection`, the dead endpoint is not "
+                       "ejected: each request picked for it costs one refused loopback connect "
+                       "until EDS removes it.")
+        rp = f.get("refused_connect_retry_policy")
+        if rp:
+            out.append("- **Retries follow the route's retry policy** (a refused connect: "
+                       "productpage's only endpoint and details' second refuse; a real Envoy "
+                       "with the same configuration answers the same, same 503 body): "
+                       + "; ".join(
+                           f"`/{p}` ({what}) {v['requests']} requests, answers {v['answers']}, "
+                           f"slow path {v['slow_path']}" for p, what in (
+                               ("plain", "productpage, no retry policy"),
+                               ("istio", "productpage, istiod's default policy"),
+                               ("other", "details, istiod's default policy"))
+                           if (v := rp.get(p))) + ".")
+        rr = f.get("reset_retry_policy")
+        if rr:
+            sp = rr["slow_path"]
+            out.append(f"- **A reset before any response** (the only endpoint reads each "
+                       f"request and closes; {rr['requests']} requests per route, slow path): "
+                       f"no retry policy {sp.get('plain')}, istiod's default {sp.get('istio')} "
+                       f"(connect-failure does not retry a reset), `retry_on: reset` with 2 "
+                       f"retries {sp.get('reset')}; each a 503 as Envoy answers it.")
         k = f.get("keepalive_timeout")
         if k:
             out.append(f"- **Keep-alive timeout on the backend** (closes connections idle "
@@ -284,8 +306,12 @@ BUGS = ["## Bugs this suite found (fixed)", "",
         ("- A killed backend failed requests until the control plane removed it (49 of 194 "
         "between the kill and the EDS removal in one run): the slow path answered 503 on a refused "
         "connect, and an upstream reset after sending closed the application's connection. "
-        "Now a refused connect is retried on another host, and a reset is a 503 on a "
-        "connection that stays usable."),
+        "Now a refused connect is retried as the route's retry policy says, and a reset is a "
+        "503 on a connection that stays usable."),
+        ("- The slow path retried refused connects on every route, with Istio's default "
+        "policy; Envoy retries only under the route's (or its virtual host's) retry policy "
+        "and answers 503 without one. Now the effective policy of the matched route is "
+        "applied."),
         ("- A connection whose entry the full LRU client map evicted was answered 404 by the "
         "slow path (no route table); now routed with the state read at accept."),
         ("- Kernel path: a chunked request whose first chunk size was malformed was "
