@@ -8,9 +8,12 @@ connections in turn, request by request, so the machine's load hits all five ali
   skb_pass    straight to nginx, the socket in a sockhash whose sk_skb verdict returns SK_PASS;
   bare_relay  to a local listener; a trivial sk_msg redirects each write to a pooled
               connection's egress and a trivial sk_skb verdict redirects each response into
-              the client's ingress: the sockmap mechanism sockmesh uses, without its work;
+              the client's ingress: the sockmap mechanism sockmesh uses, without its work
+              (integration/bench/floor.py's programs, which `sockmesh bench` runs under wrk);
   sockmesh    to a service VIP through the sockmesh datapath (parse, route, pick, frame).
 
+The bench measures the bare relay's throughput and CPU under wrk; this script adds the
+paired per-request latency split (a psock alone, each redirect, sockmesh's work).
 Prints each connection's p50/p90 and its added p50 over direct (median over repetitions of
 the per-repetition difference).  The client and the datapath live in a dedicated child
 cgroup; all traffic is on 127.0.0.1 and 127.10.9.1.
@@ -34,12 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bcc import BPF, lib
-
-from bpf import maps
 from bpf.datapath import Datapath
-from bpf.loader import ATTACH_SK_MSG_VERDICT, ATTACH_SK_SKB_STREAM_VERDICT
 from integration.bench import nginx
+from integration.bench.floor import BareRelay
 from integration.bench.scenarios import KERNEL_VIP, bench_tables
 from tests.support.cgroup import pin_dir_for, spawn_in_cgroup, sweep_leftovers, test_cgroup
 
@@ -73,100 +73,39 @@ for i in range(n + 200):
 print(json.dumps([[sorted(x)[len(x) * q // 100] / 1000 for q in (50, 90)] for x in lat]))
 """
 
-# the bare relay: sockets are keyed 0 (client), 1 (pooled connection) in "tgt"
-PROGS = r"""
-BPF_SOCKHASH(relay_cl, u32, 2);
-BPF_SOCKHASH(relay_pool, u32, 2);
-BPF_SOCKHASH(tgt, u32, 2);
-BPF_SOCKHASH(pass_cl, u32, 2);
-BPF_SOCKHASH(pass_pool, u32, 2);
-int relay_msg(struct sk_msg_md *msg) { u32 k = 1; return tgt.msg_redirect_hash(msg, &k, 0); }
-int relay_skb(struct __sk_buff *skb)
-{
-	u32 k = 0;
-	if (skb->len == 0)
-		return SK_PASS;
-	return tgt.sk_redirect_hash(skb, &k, BPF_F_INGRESS);
-}
-int pass_msg(struct sk_msg_md *msg) { return SK_PASS; }
-int pass_skb(struct __sk_buff *skb) { return SK_PASS; }
-"""
-
-
-class Maps:
-    """The bare relay's and the pass programs' maps, attached for the run."""
-
-    def __init__(self) -> None:
-        self.bpf = BPF(text=PROGS)
-        self.fd = {n: lib.bpf_table_fd(self.bpf.module, n.encode())
-                   for n in ("relay_cl", "relay_pool", "tgt", "pass_cl", "pass_pool")}
-        self.attached = []
-        for func, kind, table, at in (("relay_msg", BPF.SK_MSG, "relay_cl", ATTACH_SK_MSG_VERDICT),
-                                      ("relay_skb", BPF.SK_SKB, "relay_pool",
-                                       ATTACH_SK_SKB_STREAM_VERDICT),
-                                      ("pass_msg", BPF.SK_MSG, "pass_cl", ATTACH_SK_MSG_VERDICT),
-                                      ("pass_skb", BPF.SK_SKB, "pass_pool",
-                                       ATTACH_SK_SKB_STREAM_VERDICT)):
-            prog = self.bpf.load_func(func.encode(), kind)
-            maps.prog_attach(prog.fd, self.fd[table], at)
-            self.attached.append((prog.fd, self.fd[table], at))
-
-    def put(self, table: str, key: int, sock_fd: int) -> None:
-        k, v = C.c_uint32(key), C.c_uint64(sock_fd)
-        if lib.bpf_update_elem(self.fd[table], C.byref(k), C.byref(v), 0) != 0:
-            raise OSError(C.get_errno(), f"sockhash {table} update")
-
-    def close(self) -> None:
-        for prog_fd, map_fd, at in self.attached:
-            maps.prog_detach(prog_fd, map_fd, at)
-        self.bpf.cleanup()
-
-
-def one_rep(cg: Path, m: Maps, nport: int, body: bytes, n: int) -> list[list[float]]:
+def one_rep(cg: Path, relay: BareRelay, nport: int, body: bytes, n: int) -> list[list[float]]:
     """One client run over the five connections; [p50, p90] per connection."""
     libc = C.CDLL(None, use_errno=True)
-    with socket.socket() as lst, socket.create_connection(("127.0.0.1", nport)) as pool:
-        lst.bind(("127.0.0.1", 0))
-        lst.listen(1)
-        pool.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        m.put("relay_pool", 0, pool.fileno())
-        m.put("tgt", 1, pool.fileno())
-        direct = ["127.0.0.1", nport]
-        targets = [direct, direct, direct, ["127.0.0.1", lst.getsockname()[1]], list(KERNEL_VIP)]
-        end = b"\r\n\r\n" + body
-        proc = spawn_in_cgroup([sys.executable, "-c", CLIENT, json.dumps(targets), str(n),
-                                end.decode()], cg, stdout=subprocess.PIPE, stdin=subprocess.PIPE)
-        fds: list[int] = []
-        pidfd = -1
-        acc = None
-        try:
-            lst.settimeout(10)
-            acc, _ = lst.accept()  # idle: the relay never goes through it, but open
-            assert proc.stdout is not None and proc.stdin is not None
-            theirs = json.loads(proc.stdout.readline())
-            pidfd = os.pidfd_open(proc.pid)
-            for f in theirs:
-                fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, f, 0)
-                if fd < 0:
-                    raise OSError(C.get_errno(), "pidfd_getfd")
-                fds.append(fd)
-            m.put("pass_cl", 0, fds[1])
-            m.put("pass_pool", 0, fds[2])
-            m.put("relay_cl", 0, fds[3])
-            m.put("tgt", 0, fds[3])
-            proc.stdin.write(b"\n")
-            proc.stdin.flush()
-            out, _ = proc.communicate(timeout=600)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-            for fd in fds:
-                os.close(fd)
-            if pidfd >= 0:
-                os.close(pidfd)
-            if acc is not None:
-                acc.close()
+    direct = ["127.0.0.1", nport]
+    targets = [direct, direct, direct, ["127.0.0.1", relay.port], list(KERNEL_VIP)]
+    end = b"\r\n\r\n" + body
+    proc = spawn_in_cgroup([sys.executable, "-c", CLIENT, json.dumps(targets), str(n),
+                            end.decode()], cg, stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+    fds: list[int] = []
+    pidfd = -1
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        theirs = json.loads(proc.stdout.readline())
+        pidfd = os.pidfd_open(proc.pid)
+        for f in theirs:
+            fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, f, 0)
+            if fd < 0:
+                raise OSError(C.get_errno(), "pidfd_getfd")
+            fds.append(fd)
+        relay.put("fl_pass_cl", 0, fds[1])
+        relay.put("fl_pass_pool", 0, fds[2])
+        relay.pair(fds[3], 0)  # the relay's one pooled connection
+        proc.stdin.write(b"\n")
+        proc.stdin.flush()
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for fd in fds:
+            os.close(fd)
+        if pidfd >= 0:
+            os.close(pidfd)
     if proc.returncode != 0:
         raise RuntimeError(f"client failed ({proc.returncode})")
     return json.loads(out.splitlines()[-1])
@@ -184,7 +123,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sockmesh-floor-") as tmp, test_cgroup() as cg:
         backend = nginx.start(Path(tmp), "nginx-1", "0")
         dp = Datapath(cg, pin_dir_for(cg), warm=2)
-        m = None
+        relay = None
         try:
             with socket.create_connection(("127.0.0.1", backend.port), timeout=5) as s:
                 s.sendall(REQ)
@@ -194,14 +133,14 @@ def main() -> None:
                 body = head.split(b"\r\n\r\n", 1)[1]  # nginx's short body comes in one piece
             dp.load()
             dp.apply(bench_tables([("127.0.0.1", backend.port)]))
-            m = Maps()
+            relay = BareRelay(None, [("127.0.0.1", backend.port)], 1, pass_programs=True)
             for rep in range(args.reps):
-                rows.append(one_rep(cg, m, backend.port, body, args.requests))
+                rows.append(one_rep(cg, relay, backend.port, body, args.requests))
                 print(f"rep {rep + 1}: " + ", ".join(
                     f"{n} {r[0]:.1f}" for n, r in zip(NAMES, rows[-1], strict=True)), flush=True)
         finally:
-            if m is not None:
-                m.close()
+            if relay is not None:
+                relay.close()
             dp.close()
             backend.stop()
     print(f"{args.reps} reps x {args.requests} requests per connection, interleaved per request")

@@ -8,7 +8,7 @@
  * framing or counters: what is left is the cost of the two redirects themselves.
  *
  * fl_sockops (cgroup sock_ops, on the floor's own child cgroup): an established client
- * connection enters fl_cl and is paired with the next pooled connection (round robin over
+ * connection enters fl_cl (or the harness pairs one itself, without sockops) and is paired with the next pooled connection (round robin over
  * the pooled connections the harness put in fl_ctl[1]), and gets the receive buffer
  * sockmesh's sockops gives its clients (FL_RCVBUF = SM_RCVBUF, from the harness).
  */
@@ -69,6 +69,22 @@ int fl_skb(struct __sk_buff *skb)
 	if (!cport)
 		return SK_DROP;
 	return fl_cl.sk_redirect_hash(skb, cport, BPF_F_INGRESS);
+}
+
+/* The pass programs of scripts/latency_floor.py: a socket straight to the backend, in a
+ * sockhash whose sk_msg (fl_pass_cl) or sk_skb verdict (fl_pass_pool) only returns SK_PASS:
+ * the cost of having a psock at all, without a redirect. */
+BPF_SOCKHASH(fl_pass_cl, u32, 4);
+BPF_SOCKHASH(fl_pass_pool, u32, 4);
+
+int fl_pass_msg(struct sk_msg_md *msg)
+{
+	return SK_PASS;
+}
+
+int fl_pass_skb(struct __sk_buff *skb)
+{
+	return SK_PASS;
 }
 
 /* stream parser for the parser-and-verdict variant (analysis only): each skb is one message */

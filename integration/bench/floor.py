@@ -44,11 +44,14 @@ class BareRelay:
     connections one client run opens (clients are paired round robin, so any run of up to
     ``pool`` connections gets one pooled connection each).  ``parser`` also attaches
     a stream parser to the pooled connections (the strparser path; analysis only).
+    Without a ``cgroup`` no sockops program runs: the caller pairs clients with
+    :meth:`pair`.  ``pass_programs`` also attaches the SK_PASS-only sk_msg and sk_skb
+    programs to fl_pass_cl and fl_pass_pool (filled with :meth:`put`).
     ``close()`` detaches everything and closes every socket, also after a failed start.
     """
 
-    def __init__(self, cgroup: Path, backends: Sequence[tuple[str, int]], pool: int,
-                 parser: bool = False) -> None:
+    def __init__(self, cgroup: Path | None, backends: Sequence[tuple[str, int]], pool: int,
+                 parser: bool = False, pass_programs: bool = False) -> None:
         from bcc import BPF, lib  # only the relay needs bcc; the report does not
 
         if not 0 < pool <= MAX_POOL:
@@ -59,9 +62,10 @@ class BareRelay:
         self._accepted: list[socket.socket] = []
         self._stop = threading.Event()
         self._cg_fd = -1
+        self.pool_ports: list[int] = []
         self.bpf = BPF(text=SOURCE.read_text(), cflags=[f"-DFL_RCVBUF={limit('RCVBUF')}"])
         try:
-            self._start(BPF, cgroup, backends, pool, parser)
+            self._start(BPF, cgroup, backends, pool, parser, pass_programs)
         except BaseException:
             self.close()
             raise
@@ -73,9 +77,14 @@ class BareRelay:
         maps.prog_attach(prog_fd, target, at)
         self._attached.append((prog_fd, target, at))
 
-    def _start(self, bpf_cls: Any, cgroup: Path, backends: Sequence[tuple[str, int]],
-               pool: int, parser: bool) -> None:
+    def _start(self, bpf_cls: Any, cgroup: Path | None, backends: Sequence[tuple[str, int]],
+               pool: int, parser: bool, pass_programs: bool) -> None:
         b = self.bpf
+        if pass_programs:
+            self._attach(b.load_func(b"fl_pass_msg", bpf_cls.SK_MSG).fd,
+                         self._fd("fl_pass_cl"), ATTACH_SK_MSG_VERDICT)
+            self._attach(b.load_func(b"fl_pass_skb", bpf_cls.SK_SKB).fd,
+                         self._fd("fl_pass_pool"), ATTACH_SK_SKB_STREAM_VERDICT)
         if parser:
             self._attach(b.load_func(b"fl_parse", bpf_cls.SK_SKB).fd, self._fd("fl_pool"),
                          ATTACH_SK_SKB_STREAM_PARSER)
@@ -90,9 +99,8 @@ class BareRelay:
             s = socket.create_connection(backends[i % len(backends)], timeout=5)
             self._socks.append(s)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            k, v = C.c_uint32(i), C.c_uint64(s.fileno())
-            if self._lib.bpf_update_elem(self._fd("fl_pool"), C.byref(k), C.byref(v), 0):
-                raise OSError(C.get_errno(), "fl_pool update")
+            self.put("fl_pool", i, s.fileno())
+            self.pool_ports.append(int(s.getsockname()[1]))
             ports[C.c_uint32(i)] = C.c_uint32(s.getsockname()[1])
         ctl[C.c_uint32(1)] = C.c_uint32(pool)
         self.listener = socket.socket()
@@ -104,9 +112,26 @@ class BareRelay:
         self._thread = threading.Thread(target=self._accept, name="bare-relay-accept",
                                         daemon=True)
         self._thread.start()
+        if cgroup is None:
+            return
         self._cg_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
         self._attach(b.load_func(b"fl_sockops", bpf_cls.SOCK_OPS).fd, self._cg_fd,
                      ATTACH_CGROUP_SOCK_OPS)
+
+    def put(self, table: str, key: int, sock_fd: int) -> None:
+        """Insert the socket ``sock_fd`` into the sockhash ``table`` under ``key``."""
+        k, v = C.c_uint32(key), C.c_uint64(sock_fd)
+        if self._lib.bpf_update_elem(self._fd(table), C.byref(k), C.byref(v), 0):
+            raise OSError(C.get_errno(), f"{table} update")
+
+    def pair(self, client_fd: int, idx: int) -> None:
+        """What fl_sockops does, from user space: pair the connected client socket
+        ``client_fd`` (a connection to :attr:`port`) with pooled connection ``idx``."""
+        with socket.socket(fileno=os.dup(client_fd)) as s:
+            cport = int(s.getsockname()[1])
+        self.bpf["fl_pair"][C.c_uint32(cport)] = C.c_uint32(idx)
+        self.bpf["fl_back"][C.c_uint32(self.pool_ports[idx])] = C.c_uint32(cport)
+        self.put("fl_cl", cport, client_fd)
 
     def _accept(self) -> None:
         # the accepted ends stay open and idle (the relay never goes through them); a

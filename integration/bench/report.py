@@ -13,7 +13,7 @@ from typing import Any
 
 LABELS = {
     "direct": "direct (client -> nginx)",
-    "floor": "sockmap mechanism alone (bare relay)",
+    "floor": "sockmap mechanism (bare relay)",
     "kernel": "sockmesh kernel path",
     "slow": "sockmesh slow path (forced)",
     "envoy": "Envoy, one hop",
@@ -216,10 +216,15 @@ def floor_lines(r: dict[str, Any]) -> list[str]:
         return []
     out = []
     for t in ts:
+        assert t.value is not None and t.floor is not None
+        worse = (t.floor > t.value) if t.at_most else (t.floor < t.value)
+        caveat = (" (the bare relay did worse than the kernel path itself in this run: the "
+                  "machine's noise is larger than sockmesh's own cost here)" if worse else "")
         if t.floor_met is False:
             out.append(f"- {t.name}: the kernel path {t.value:.3f}, the sockmap mechanism "
                        f"alone {t.floor:.3f}, want {t.want}: the two redirects alone miss "
-                       "it, so no change to sockmesh's programs meets it on this kernel")
+                       f"it, so no change to sockmesh's programs meets it on this kernel"
+                       f"{caveat}")
         else:
             out.append(f"- {t.name}: the kernel path {t.value:.3f}, the sockmap mechanism "
                        f"alone {t.floor:.3f}, want {t.want}: the mechanism meets it; the "
@@ -419,10 +424,11 @@ def docs_page(r: dict[str, Any], plots_rel: str, json_rel: str) -> str:
         "**Envoy one hop** (Envoy 1.40, one worker, ROUND_ROBIN over the three backends); "
         "**Envoy sidecar pair** (a client-side Envoy whose upstream is a server-side Envoy "
         "in front of the backends, plain HTTP/1.1 between them, no mTLS or Istio filters: a "
-        "lower bound of an Istio pair); **sockmap mechanism alone (bare relay)** "
+        "lower bound of an Istio pair); **sockmap mechanism (bare relay)** "
         "(integration/bench/bare_relay.bpf.c: wrk, in a child cgroup of its own, calls a "
-        "local listener; each of its connections is paired with one pooled connection to the "
-        "direct scenario's nginx; an sk_msg program redirects each write to that "
+        "local listener; each of its connections is paired with one pooled connection, the "
+        "pool spread round robin over the three backends as the kernel path's requests are; "
+        "an sk_msg program redirects each write to that "
         "connection's egress and an sk_skb verdict redirects each response into wrk's "
         "socket with BPF_F_INGRESS: the two redirects the kernel path makes, without "
         "parsing, routing, balancing, slot claims, framing or counters. The kernel runs "
@@ -446,7 +452,9 @@ def docs_page(r: dict[str, Any], plots_rel: str, json_rel: str) -> str:
         "(cores busy over 1 s just before each run, without our load: other users, our idle "
         "proxies and pool thread) is given beside it; the JSON also has the figure with the "
         "background subtracted (`cpu_s_per_10k_net`), meaningful only when the machine had "
-        "spare capacity."),
+        "spare capacity. When the background is close to every core, the machine was never "
+        "idle during a run, so CPU per request is all cores' time over the requests served: "
+        "it then mirrors throughput and says little about the scenario's own cost."),
         ("- Memory: the one-hop Envoy's RSS; BPF map memory (memlock from /proc/PID/fdinfo of "
         "the maps the datapath holds); and, with the Istio-sized snapshot loaded over ADS "
         "from the embedded xDS server, the RSS of a `sockmesh run` agent plus its maps next "
