@@ -1,7 +1,7 @@
 """Control-plane figures: an Istio-sized snapshot into the kernel, one endpoint change, route
 updates in a row, and the memory of an agent and of an Envoy sidecar holding that snapshot.
 
-The snapshot is scripts/bench_translator.py's generator (Istio's shapes and sizes: ~3,200
+The snapshot is integration/bench/istio_snapshot.py's generator (Istio's shapes and sizes: ~3,200
 clusters, ~3,000 endpoint assignments, 551 listeners, 254 route configs).  Its endpoint
 addresses (10.x.y.z) are rewritten to 127.x.y.z before anything sees them, so the agent's
 pools only ever connect to loopback (nothing listens there: connects are refused at once).
@@ -12,7 +12,6 @@ nothing.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from typing import Any
 from bpf.datapath import Datapath
 from integration import cgroups
 from integration.bench.envoy_compat import envoy_loadable
+from integration.bench.istio_snapshot import snapshot as istio_snapshot_of
 from integration.bench.scenarios import bench_tables, merged, update_rule
 from integration.bench.system import bpf_map_sizes, largest_maps, profile_top, rss_bytes
 from integration.envoy import EnvoyProcess, ads_bootstrap
@@ -50,9 +50,8 @@ AGENT_STOP_S = 15.0  # the agent detaches and stops its socket keeper on SIGTERM
 
 
 def istio_snapshot(seed: int = 1) -> ResourceSet:
-    """The Istio-sized snapshot of scripts/bench_translator.py, endpoints on loopback."""
-    gen = importlib.import_module("scripts.bench_translator")
-    rs: ResourceSet = gen.snapshot(seed)[0]
+    """The Istio-sized snapshot (integration/bench/istio_snapshot.py), endpoints on loopback."""
+    rs: ResourceSet = istio_snapshot_of(seed)[0]
     for cla in rs.endpoints.values():
         for loc in cla.endpoints:
             for lb in loc.lb_endpoints:
