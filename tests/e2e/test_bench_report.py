@@ -127,3 +127,12 @@ def test_the_mechanism_alone_stands_beside_each_data_plane_target() -> None:
     assert "| 0.600 (missed) |" in table and "| 1.100 (met) |" in table
     del r["scenarios"]["floor"]  # an older run without the scenario: no floor anywhere
     assert all(t.floor is None for t in report.targets(r)) and report.floor_lines(r) == []
+
+
+def test_the_low_rate_p99_spread_over_rounds_is_shown() -> None:
+    r = _results(kernel_rps=9_500, kernel_p50=55, kernel_cpu=1.1)
+    assert report.low_rate_p99_spread(r) == {}  # one aggregate, no rounds: nothing to show
+    r["scenarios"]["direct"]["rounds"] = [{"low_rate": _wrk(900.0, 50.0, p99)}
+                                          for p99 in (300.0, 4100.0, 900.0)]
+    assert report.low_rate_p99_spread(r) == {"direct": (300.0, 4100.0)}
+    assert any("direct 300..4100 us" in ln for ln in report.profile_lines(r))
