@@ -1,14 +1,17 @@
 """`sockmesh bench`: sockmesh against a direct connection and Envoy, on this machine.
 
 Scenarios in one run (details in integration/bench/ and docs/benchmarks.md): direct, the
-sockmesh kernel path, the sockmesh slow path, Envoy as one hop, an Envoy sidecar pair; then
-control-plane figures and memory with an Istio-sized config.  Writes ``bench.json`` and PNG
+sockmap mechanism alone (a bare relay of the two redirects the kernel path makes,
+integration/bench/floor.py), the sockmesh kernel path, the sockmesh slow path, Envoy as one
+hop, an Envoy sidecar pair; then control-plane figures and memory with an Istio-sized
+config.  Writes ``bench.json`` and PNG
 plots to ``--out``, prints ratios against direct and against Envoy and every target as
 MET/MISSED.  ``--docs``/``--readme`` regenerate docs/benchmarks.md and the README's summary
 from the JSON (``--from-json`` does only that, from an earlier run).
 
 Safety: the datapath is attached only to a child cgroup created here
-(``sockmesh-bench-<pid>``), holding only the wrk processes of the sockmesh scenarios; all
+(``sockmesh-bench-<pid>``), holding only the wrk processes of the sockmesh scenarios, and
+the bare relay only to another (``sockmesh-bench-floor-<pid>``) holding only its wrk; all
 traffic is on 127.0.0.0/8; every load run is bounded by wrk's ``-d`` and a timeout; what was
 started is stopped by PID, programs detached, pins and cgroups removed, also on failure,
 Ctrl-C or SIGTERM.
