@@ -199,7 +199,7 @@ class Agent:
             return
         self.datapath = dp
         adopted = _adopted(dp)
-        log.warning("datapath %s on %s (pins under %s)",
+        log.info("datapath %s on %s (pins under %s)",
                     "adopted from pinned state" if adopted else "loaded",
                     ", ".join(map(str, self.config.cgroups)), self.config.pin_dir)
 

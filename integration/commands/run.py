@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -155,10 +156,14 @@ async def _main(config: AgentConfig) -> int:
         await agent.stop(detach=False)
         return 1
     admin = agent.admin
-    print(f"sockmesh run: pid {agent.status()['pid']}, xDS server {config.server}"
-          f"{' (delta)' if config.delta else ''}, datapath "
-          + ("loaded on " + ", ".join(map(str, config.cgroups)) if agent.datapath is not None
-             else f"NOT loaded ({agent.datapath_error or 'disabled'})")
+    dp = agent.datapath_status()
+    if dp["loaded"]:
+        how = "adopted from pinned state" if dp.get("adopted") else "loaded"
+        datapath = f"{how} on " + ", ".join(map(str, config.cgroups))
+    else:
+        datapath = f"NOT loaded ({agent.datapath_error or 'disabled'})"
+    print(f"sockmesh run: pid {os.getpid()}, xDS server {config.server}"
+          f"{' (delta)' if config.delta else ''}, datapath {datapath}"
           + (f", admin http://{admin.host}:{admin.port}/status" if admin else ""), flush=True)
     await stop.wait()
     print("sockmesh run: stopping; detaching the datapath", flush=True)
