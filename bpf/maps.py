@@ -45,6 +45,15 @@ def obj_get(path: str | Path) -> int:
     return _check(_lib.bpf_obj_get(str(path).encode()), f"bpf_obj_get({path})")
 
 
+def fdinfo(fd: int) -> dict[str, str]:
+    """The kernel's ``/proc/self/fdinfo`` fields of a BPF object fd."""
+    out = {}
+    for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
+        k, _, v = line.partition(":")
+        out[k.strip()] = v.strip()
+    return out
+
+
 def obj_pin(fd: int, path: str | Path) -> None:
     """Pin fd at path in bpffs."""
     _check(_lib.bpf_obj_pin(fd, str(path).encode()), f"bpf_obj_pin({path})")
@@ -99,6 +108,11 @@ class PinnedMap:
         self._vsize = C.sizeof(value_type)
         if percpu:
             self._vsize = (self._vsize + 7) // 8 * 8
+
+    @property
+    def max_entries(self) -> int:
+        """The map's capacity as the kernel created it."""
+        return int(fdinfo(self.fd)["max_entries"])
 
     def close(self) -> None:
         """Close the fd (the pin keeps the map)."""

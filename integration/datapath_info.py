@@ -20,13 +20,7 @@ from bpf import maps as bpfmaps
 HASH_MAPS: dict[str, tuple[Any, Any]] = L.PINNED_HASH_MAPS
 
 
-def fdinfo(fd: int) -> dict[str, str]:
-    """The kernel's ``/proc/self/fdinfo`` fields of a BPF object fd."""
-    out = {}
-    for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
-        k, _, v = line.partition(":")
-        out[k.strip()] = v.strip()
-    return out
+fdinfo = bpfmaps.fdinfo
 
 
 def _pinned_info(path: Path) -> dict[str, str]:
@@ -51,7 +45,8 @@ def map_fill(pin_dir: Path, encoder: Any = None) -> dict[str, tuple[int, int]]:
     """Map name -> (entries in use, max_entries) for the maps whose fill matters."""
     pin_dir = Path(pin_dir)
     out: dict[str, tuple[int, int]] = {}
-    written = getattr(encoder, "_current", None) or {}
+    counts = getattr(encoder, "entry_counts", None)
+    written: dict[str, int] = counts() if callable(counts) else {}
     for path in sorted(pin_dir.glob("sm_*")):
         name = path.name
         info = _pinned_info(path)
@@ -65,7 +60,7 @@ def map_fill(pin_dir: Path, encoder: Any = None) -> dict[str, tuple[int, int]]:
                 m.close()
             out[name] = (n, cap)
         elif name in written:
-            out[name] = (len(written[name]), cap)
+            out[name] = (written[name], cap)
     return out
 
 
