@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bpf import layout as L
-from bpf.encoder import Encoder, ip_str
+from bpf.encoder import Encoder, MapFullError, ip_str
 from bpf.lb import Picker
 from bpf.limits import REASONS, limit
 from bpf.loader import DatapathError, Loader
@@ -209,7 +209,11 @@ class Datapath:
         feed.before_apply(reuse=not self.encoder.ep_ids.fresh_left())
         self.splice.tables = tables  # the slow path sees new tables before the kernel does
         # new endpoints go to the pools before any host list names them
-        stats = self.encoder.apply(tables, diff, before_write=feed.add)
+        try:
+            stats = self.encoder.apply(tables, diff, before_write=feed.add)
+        except MapFullError:  # refused before any write: the last tables keep serving
+            self.splice.tables = self.tables
+            raise
         if stats.removed_endpoints:  # close pools nothing names any more
             feed.replace(self.encoder.ep_ids.ids)
         self.tables = tables

@@ -13,6 +13,13 @@ What the kernel cannot evaluate is encoded so that it can never give a wrong ans
 checkable conditions still filter), an action the kernel does not perform is SM_ACT_USER,
 a route table whose host matching exceeds the kernel's limits is SM_RT_USER, and a cluster
 over a limit is SM_CL_USER.  ``self.user_reasons`` lists each such decision.
+
+Hash maps are checked against their kernel ``max_entries`` before anything is written: a
+route table whose domains do not fit in sm_domains_v1 is SM_RT_USER (a reason, retried
+each apply until they fit); header names beyond sm_hdrslots_v1 leave their conditions to
+user space.  Services cannot degrade (a VIP without an entry is not intercepted at all):
+tables whose services do not fit are refused whole (MapFullError) before any write or any
+change to the encoder's state, so the maps keep saying the last applied tables.
 """
 
 from __future__ import annotations
@@ -47,6 +54,11 @@ from translator.tables import (
 
 U32 = C.c_uint32
 U64 = C.c_uint64
+
+
+class MapFullError(ValueError):
+    """An apply was refused before any write: its entries do not fit in a map."""
+
 
 # map name -> (key type, value type); array maps are marked
 MAPS: dict[str, tuple[Any, Any, bool]] = {
@@ -283,6 +295,12 @@ class Encoder:
     def __init__(self, pin_dir: Path) -> None:
         self.pin_dir = Path(pin_dir)
         self.maps = {n: PinnedMap(self.pin_dir / n, k, v) for n, (k, v, _) in MAPS.items()}
+        # hash map -> max_entries: what may be in the kernel map at once (the flush writes
+        # everything before it deletes, so the old and the new entries together)
+        self.capacity = {n: self.maps[n].max_entries for n, (_, _, arr) in MAPS.items()
+                         if not arr}
+        self._peak: dict[str, int] = {}  # hash map -> entries it may hold during this flush
+        self._short: set[str] = set()  # hash maps an owner found no room in (this flush)
         self.rt_ids = IdAllocator(limit("MAX_ROUTE_TABLES"))
         self.vh_ids = IdAllocator(limit("MAX_VHOSTS"))
         self.cluster_ids = IdAllocator(limit("MAX_CLUSTERS"))
@@ -291,7 +309,8 @@ class Encoder:
         self.weighted_ranges = RangeAllocator(limit("MAX_WEIGHTED"))
         # header name -> id; slot = FIRST_HDR_SLOT + id - 1.  Names no rule uses any more
         # give their slot back (quarantined like every other id)
-        self.hdr_ids = IdAllocator(limit("HDR_SLOTS") - FIRST_HDR_SLOT + 1)
+        self.hdr_ids = IdAllocator(min(limit("HDR_SLOTS") - FIRST_HDR_SLOT,
+                                       self.capacity["sm_hdrslots_v1"]) + 1)
         self._hdr_used: set[str] = set()  # header names of the route table being encoded
         self._retry_now = False  # the owner being encoded lacked an id or a range
         self._hdr_short = False  # ... or a header slot
@@ -339,11 +358,6 @@ class Encoder:
         counts["sm_services_v1"] = len(self._svcs)
         return counts
 
-    @property
-    def _current(self) -> dict[str, range]:
-        # what integration/datapath_info reads for map fill: only len() of each value
-        return {name: range(n) for name, n in self.entry_counts().items()}
-
     def apply(self, tables: Tables, diff: TablesDiff | None = None,
               before_write: Callable[[dict[int, tuple[str, int]]], None] | None = None
               ) -> ApplyStats:
@@ -352,13 +366,36 @@ class Encoder:
         endpoints came and went.
 
         ``before_write(new_endpoints)`` runs once ids are assigned and before any map is
-        written, with the endpoints no map named before (id -> address)."""
+        written, with the endpoints no map named before (id -> address).
+
+        A route table left to user space for lack of room in a hash map gets a second pass
+        once this flush has deleted entries there (they were still in the map while it
+        wrote; the second pass ticks no id, so nothing freed here is reused early)."""
+        self._check_services(tables)
         if diff is None:
             diff = diff_tables(self.tables, tables)
         for ids in (self.rt_ids, self.vh_ids, self.cluster_ids, self.ep_ids, self.hdr_ids):
             ids.tick()
         self.rule_ranges.tick()
         self.weighted_ranges.tick()
+        stats, freed = self._apply_once(tables, diff, before_write)
+        if freed:
+            more, _ = self._apply_once(tables, TablesDiff(), before_write)
+            stats.writes += more.writes
+            stats.deletes += more.deletes
+            for name, n in more.per_map.items():
+                stats.per_map[name] = stats.per_map.get(name, 0) + n
+            stats.added_endpoints |= more.added_endpoints
+            stats.removed_endpoints |= more.removed_endpoints
+        return stats
+
+    def _apply_once(self, tables: Tables, diff: TablesDiff,
+                    before_write: Callable[[dict[int, tuple[str, int]]], None] | None
+                    ) -> tuple[ApplyStats, bool]:
+        """Encode and flush ``diff``; True too when an owner lacked room in a map this
+        flush deleted entries from."""
+        self._peak = self._start_peak()
+        self._short = set()
         batch = _Batch()
         changed_cl = self._apply_clusters(tables, diff, batch)
         changed_rt = self._apply_route_tables(tables, diff, changed_cl, batch)
@@ -371,7 +408,61 @@ class Encoder:
         stats = self._flush(batch)
         self._unflushed = None
         self.tables = tables
-        return stats
+        return stats, any(batch.deletes[n] - batch.writes[n].keys() for n in self._short)
+
+    # ---- room in hash maps -------------------------------------------------------------
+    def _stale(self, name: str) -> set[bytes]:
+        """Keys of ``name`` a failed flush may have left in the kernel map."""
+        return self._unflushed.deletes[name] if self._unflushed is not None else set()
+
+    def _check_services(self, tables: Tables) -> None:
+        """Refuse ``tables`` (before anything changes) when their services do not fit."""
+        cap = self.capacity["sm_services_v1"]
+        if len(tables.services) + len(self._svcs) <= cap:  # fits even with no overlap
+            return
+        new = {bytes(L.SvcKey(vip=ip_net(s.vip), port=socket.htons(s.port)))
+               for s in tables.services}
+        peak = len(new | self._svcs.keys() | self._stale("sm_services_v1"))
+        if peak > cap:
+            raise MapFullError(
+                f"sm_services_v1 holds at most {cap} entries (max_entries); these tables "
+                f"have {len(new)} services and the apply needs {peak} at once (new ones are "
+                f"written before removed ones are deleted): refused, nothing written")
+
+    def _start_peak(self) -> dict[str, int]:
+        """Entries each owner-written hash map holds before this apply writes."""
+        peak = {n: len(self._stale(n)) for n in self.capacity}
+        for owned in self._rts.values():
+            for name, kv in owned.entries.items():
+                if name in peak:
+                    peak[name] += len(kv)
+        return peak
+
+    def _room(self, old: _Owned | None, new: _Owned) -> str | None:
+        """Count ``new``'s keys that ``old`` did not have into the flush's peak; or, when
+        they do not fit, count nothing and say which map is short."""
+        added = {}
+        for name, kv in new.entries.items():
+            if name in self._peak:
+                had = old.entries.get(name, {}) if old is not None else {}
+                added[name] = sum(1 for k in kv if k not in had)
+                if self._peak[name] + added[name] > self.capacity[name]:
+                    self._short.add(name)
+                    return (f"{added[name]} new entries do not fit in {name} "
+                            f"({self._peak[name]} of max_entries {self.capacity[name]} used)")
+        for name, n in added.items():
+            self._peak[name] += n
+        return None
+
+    def _domains_to_user(self, name: str, new: _Owned, why: str) -> None:
+        """``new`` without its domains: the route table goes to user space (SM_RT_USER)."""
+        new.entries["sm_domains_v1"] = {}
+        for kb, vb in new.entries["sm_rtables_v1"].items():
+            t = L.RouteTable.from_buffer_copy(vb)
+            t.flags |= limit("RT_USER")
+            new.entries["sm_rtables_v1"][kb] = bytes(t)
+        new.reasons.append(f"route table {name}: domains: {why}")
+        new.retry = True
 
     # ---- owners -----------------------------------------------------------------------
     def _apply_clusters(self, tables: Tables, diff: TablesDiff, batch: _Batch) -> set[str]:
@@ -460,6 +551,9 @@ class Encoder:
             for h in new.refs:
                 self._hdr_hold(h, batch)
             old = self._rts.get(name)
+            short = self._room(old, new)
+            if short is not None:
+                self._domains_to_user(name, new, short)
             if old is not None:
                 drops.append(old.refs)
             self._forget_rt(name, old or _Owned(), new, batch)

@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 
 from bpf import maps as bpfmaps
-from bpf.encoder import MAPS, PSEUDO_SLOTS, Encoder, ip_str
+from bpf.encoder import MAPS, PSEUDO_SLOTS, Encoder, MapFullError, ip_str
 from bpf.limits import limit
-from tests.kernel.tables_util import rule, to, weighted
+from tests.kernel.conftest import Client, Mesh, http, make_backends
+from tests.kernel.tables_util import cluster, http_tables, rule, to, vhost, weighted
 from tests.support.capabilities import BPFFS, missing_capability
 from translator.table_builder import diff_tables
 from translator.tables import (
@@ -53,14 +54,16 @@ SIZES = {"sm_services_v1": limit("MAX_SERVICES"), "sm_rtables_v1": limit("MAX_RO
          "sm_endpoints_v1": limit("MAX_ENDPOINTS")}
 
 
-def make_maps(pin_dir: Path) -> None:
-    """The encoder's maps, empty, pinned under pin_dir (a fresh directory)."""
+def make_maps(pin_dir: Path, sizes: dict[str, int] | None = None) -> None:
+    """The encoder's maps, empty, pinned under pin_dir (a fresh directory); ``sizes``
+    overrides max_entries (the encoder reads each hash map's own)."""
     if pin_dir.exists():
         shutil.rmtree(pin_dir)
     pin_dir.mkdir()
     for name, (k, v, is_array) in MAPS.items():
         fd = bpfmaps.map_create(bpfmaps.MAP_ARRAY if is_array else bpfmaps.MAP_HASH, name,
-                                C.sizeof(k), C.sizeof(v), SIZES[name],
+                                C.sizeof(k), C.sizeof(v),
+                                (sizes or {}).get(name, SIZES[name]),
                                 0 if is_array else bpfmaps.BPF_F_NO_PREALLOC)
         try:
             bpfmaps.obj_pin(fd, pin_dir / name)
@@ -327,3 +330,143 @@ def test_a_write_that_failed_part_way_is_completed_by_the_next_apply(
             full.close()
     finally:
         inc.close()
+
+
+# ---- hash maps at their limit -------------------------------------------------------------
+SMALL = {"sm_rules_v1": 64, "sm_hosts_v1": 8 * limit("HOSTS_PER_CLUSTER")}
+
+
+def snapshot(enc: Encoder) -> dict[str, list[tuple[bytes, bytes]]]:
+    """Every entry of every map, as bytes."""
+    return {n: sorted((bytes(k), bytes(v)) for k, v in m.items()) for n, m in enc.maps.items()}
+
+
+def rt_flags(enc: Encoder, name: str) -> int:
+    return int(enc.maps["sm_rtables_v1"].get(enc.rt_ids.ids[name]).flags)
+
+
+def domain_owners(enc: Encoder) -> list[str]:
+    rt_name = {i: n for n, i in enc.rt_ids.ids.items()}
+    return sorted(rt_name[k.rt_id] for k in enc.maps["sm_domains_v1"].keys())  # noqa: SIM118
+
+
+def dom_rt(name: str, n: int) -> RouteTable:
+    return RouteTable(name, (VirtualHost("vh", tuple(f"h{i}.{name}.test" for i in range(n)),
+                                         (rule("/", action=to("c0")),)),))
+
+
+def test_domains_over_the_map_limit_go_to_user_space_until_they_fit(
+        pin_dirs: tuple[Path, Path]) -> None:
+    d, _ = pin_dirs
+    make_maps(d, {"sm_domains_v1": 6})
+    enc = Encoder(d)
+    user = limit("RT_USER")
+    try:
+        assert enc.capacity["sm_domains_v1"] == 6
+        two = Tables(route_tables={"a": dom_rt("a", 4), "b": dom_rt("b", 3)})
+        enc.apply(two)  # a fits (4 of 6), b does not (4 + 3)
+        assert not rt_flags(enc, "a") & user
+        assert rt_flags(enc, "b") & user
+        assert domain_owners(enc) == ["a"] * 4
+        assert [r for r in enc.user_reasons if "sm_domains_v1" in r] == [
+            ("route table b: domains: 3 new entries do not fit in sm_domains_v1 "
+             "(4 of max_entries 6 used)")]
+        assert enc.entry_counts()["sm_domains_v1"] == 4
+        # a shrinks to 2: its 4 old entries are still there while this flush writes, so b
+        # fits only in the apply's second pass, after they were deleted
+        smaller = Tables(route_tables={"a": dom_rt("a", 2), "b": dom_rt("b", 3)})
+        enc.apply(smaller)
+        assert not (rt_flags(enc, "a") | rt_flags(enc, "b")) & user
+        assert domain_owners(enc) == ["a"] * 2 + ["b"] * 3
+        assert not enc.user_reasons
+        # growing a past the room left: a goes to user space, b keeps its entries
+        enc.apply(Tables(route_tables={"a": dom_rt("a", 4), "b": dom_rt("b", 3)}))
+        assert rt_flags(enc, "a") & user and not rt_flags(enc, "b") & user
+        assert domain_owners(enc) == ["b"] * 3
+    finally:
+        enc.close()
+
+
+def test_header_names_beyond_the_slot_map_leave_their_conditions_to_user_space(
+        pin_dirs: tuple[Path, Path]) -> None:
+    d, _ = pin_dirs
+    make_maps(d, {"sm_hdrslots_v1": 2})
+    enc = Encoder(d)
+    try:
+        rules = tuple(rule(f"/{h}", headers=(ValueMatch(h, StringKind.EXACT, "1"),),
+                           action=to("c0")) for h in ("x-a", "x-b", "x-c"))
+        enc.apply(Tables(route_tables={"r": RouteTable("r", (VirtualHost("vh", ("*",), rules),))}))
+        assert sorted(enc.hdr_slots) == ["x-a", "x-b"]
+        flags = [int(enc.maps["sm_rules_v1"].get(i).flags) & limit("RULE_USER")
+                 for i in range(1, 4)]
+        assert flags == [0, 0, limit("RULE_USER")]
+        assert len(list(enc.maps["sm_hdrslots_v1"].keys())) == 2
+    finally:
+        enc.close()
+
+
+def test_services_over_the_map_limit_refuse_the_apply_before_any_write(
+        pin_dirs: tuple[Path, Path]) -> None:
+    d, full_dir = pin_dirs
+    # small arrays too: the snapshots read every index
+    make_maps(d, {n: 4 if n == "sm_services_v1" else SMALL.get(n, 8)
+                  for n, (_, _, arr) in MAPS.items() if arr or n == "sm_services_v1"})
+    enc = Encoder(d)
+    rts = {"r": dom_rt("r", 1)}
+    clusters = {"c0": Cluster("c0", LbPolicy.ROUND_ROBIN, (Endpoint("127.0.0.1", 8000),))}
+
+    def tables(*svcs: int) -> Tables:
+        return Tables(services=tuple(Service(f"127.10.0.{i}", 80, ServiceKind.HTTP,
+                                             route_table="r") for i in svcs),
+                      route_tables=rts, clusters=clusters)
+
+    try:
+        good = tables(1, 2, 3)
+        enc.apply(good)
+        before = snapshot(enc)
+        # 5 services in a map of 4; a bigger cluster and route table in the same tables
+        bad = Tables(services=tables(1, 2, 3, 4, 5).services,
+                     route_tables={"r": dom_rt("r", 3)},
+                     clusters={"c0": Cluster("c0", LbPolicy.ROUND_ROBIN,
+                                             (Endpoint("127.0.0.2", 8000),))})
+        with pytest.raises(MapFullError, match=r"sm_services_v1 holds at most 4 .* 5 services"):
+            enc.apply(bad)
+        assert snapshot(enc) == before
+        assert enc.tables is good
+        # 2 out, 2 in: 5 at once while the flush writes before it deletes
+        with pytest.raises(MapFullError, match="needs 5 at once"):
+            enc.apply(tables(1, 4, 5))
+        assert snapshot(enc) == before
+        # the encoder still holds the last good tables: a fitting change is exact
+        final = tables(1, 2, 4)
+        enc.apply(final)
+        make_maps(full_dir)
+        full = Encoder(full_dir)
+        try:
+            full.apply(final)
+            assert decode(enc) == decode(full)
+        finally:
+            full.close()
+    finally:
+        enc.close()
+
+
+def test_a_refused_apply_keeps_the_datapath_serving_the_last_tables(
+        mesh: Mesh, client: Client, backends: Any) -> None:
+    (b1,) = make_backends(backends, "b1")
+    vip, port = "127.10.0.9", 8080
+    good = http_tables(vip, port, [vhost("svc", ["*"], [rule("/", action=to("c1"))])],
+                       [cluster("c1", [b1])])
+    mesh.dp.apply(good)
+    cap = mesh.dp.encoder.capacity["sm_services_v1"]
+    many = tuple(Service(f"127.11.{i >> 8}.{i & 255}", 80, ServiceKind.TCP, cluster="c1")
+                 for i in range(cap))  # one more than fits, with the first service
+    before = mesh.dp.counters()
+    with pytest.raises(MapFullError, match="sm_services_v1"):
+        mesh.dp.apply(Tables(services=good.services + many, route_tables=good.route_tables,
+                             clusters=good.clusters))
+    assert mesh.dp.splice.tables is good and mesh.dp.tables is good
+    client.connect("a", vip, port)
+    assert client.request("a", http("GET", "/", "svc.test"))["headers"]["x-backend"] == "b1"
+    after = mesh.dp.counters()
+    assert after["fast"] > before["fast"], "not served by the kernel"
