@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+import select
 import socket
 import struct
 import threading
@@ -90,6 +91,18 @@ class ParsedRequest:
     raw: bytes  # head + body exactly as received (forwarded verbatim)
     authority: str = ""  # what the router matches: Host, or the absolute-form URL's
     path: str = ""  # the origin-form path (+ query) of the target
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """True when a kept connection's peer has closed it (EOF or an error is waiting)."""
+    poller = select.poll()  # not recv(MSG_DONTWAIT): a socket with a timeout waits first
+    poller.register(sock, select.POLLIN)
+    if not poller.poll(0):
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 def _recv_more(sock: socket.socket, buf: bytearray) -> None:
@@ -514,17 +527,24 @@ class SpliceListener:
     def _exchange(addr: tuple[str, int], req: ParsedRequest,
                   upstreams: dict[tuple[str, int], tuple[socket.socket, bytearray]]) -> bytes:
         """Send ``req`` to ``addr`` and read its response, on this connection's kept upstream
-        socket to it, or on a new one when it has none or the kept one turns out closed.
-        ConnectFailed: no connection could be made (nothing was sent); OSError/EOFError:
-        the new connection failed after the request was sent."""
+        socket to it, or on a new one when it has none or the upstream has closed the kept
+        one (keep-alive timeout).  ConnectFailed: no connection could be made (nothing was
+        sent); OSError/EOFError: the connection failed after the request was sent."""
         if addr in upstreams:
             s, ubuf = upstreams[addr]
-            try:
-                s.sendall(req.raw)
-                return read_response(s, ubuf, req.method)
-            except (EOFError, OSError):  # closed by the upstream since the last request
+            if _closed_by_peer(s):  # keep-alive timeout: its FIN is already here
                 s.close()
                 del upstreams[addr]
+            else:
+                try:
+                    s.sendall(req.raw)
+                    return read_response(s, ubuf, req.method)
+                except (EOFError, OSError):
+                    # closed while the request was on its way: a reset after sending, which
+                    # the route's retry policy decides on (Envoy never resends on its own)
+                    s.close()
+                    del upstreams[addr]
+                    raise
         try:
             s = socket.create_connection(addr, timeout=IO_TIMEOUT)
         except OSError as exc:

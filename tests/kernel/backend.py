@@ -57,6 +57,7 @@ class Backend:
         self.active = 0
         self.delay_s = 0.0  # added to every response (least-request tests)
         self.idle_timeout = idle_timeout  # keep-alive timeout: close a connection idle so long
+        self.closed = 0  # connections this backend has closed (or seen closed)
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._closed = False
@@ -127,6 +128,8 @@ class Backend:
             pass
         finally:
             conn.close()
+            with self._lock:
+                self.closed += 1
 
     def _respond(self, conn: socket.socket, method: str, path: str, hdrs: dict[str, str],
                  body: bytes) -> bool:

@@ -166,3 +166,26 @@ def test_exhausted_pool_goes_to_user_space_then_grows(mesh: Mesh, client: Client
     before = mesh.counters()
     assert client.request("a", http("GET", "/api/q", HOST))["headers"]["x-backend"] == "b2"
     assert _delta(mesh, before).get("fast") == 1
+
+
+def test_kept_upstream_closed_by_keepalive_timeout_is_not_reused(mesh: Mesh, client: Client,
+                                                                 backends) -> None:
+    """The slow path keeps its upstream connection per client connection; when the backend
+    closes it (keep-alive timeout) the next request goes on a new one, sent exactly once,
+    and a POST without a retry policy still succeeds (nothing was sent on the dead one)."""
+    from integration.processes import poll_until
+    from tests.kernel.backend import Backend
+
+    kb = Backend("kb", idle_timeout=0.3)
+    backends["kb"] = kb
+    mesh.dp.apply(http_tables(VIP, PORT, [vhost("svc", [HOST], [
+        rule(r"/re/[0-9]+", PathKind.REGEX, action=to("ck"))])], [cluster("ck", [kb])]))
+    client.connect("a", VIP, PORT)
+    before = mesh.counters()
+    assert client.request("a", http("POST", "/re/1", HOST, body=b"one"))["status"] == 200
+    closed = kb.closed
+    poll_until(lambda: kb.closed > closed, 10, "the backend closing the idle kept connection")
+    r = client.request("a", http("POST", "/re/2", HOST, body=b"two"))
+    assert r["status"] == 200 and r["headers"]["x-backend"] == "kb", r
+    assert kb.hits["/re/1"] == 1 and kb.hits["/re/2"] == 1, kb.hits
+    assert _delta(mesh, before).get("rule_user", 0) >= 2
