@@ -530,33 +530,25 @@ class SpliceListener:
         socket to it, or on a new one when it has none or the upstream has closed the kept
         one (keep-alive timeout).  ConnectFailed: no connection could be made (nothing was
         sent); OSError/EOFError: the connection failed after the request was sent."""
-        if addr in upstreams:
-            s, ubuf = upstreams[addr]
-            if _closed_by_peer(s):  # keep-alive timeout: its FIN is already here
-                s.close()
-                del upstreams[addr]
-            else:
-                try:
-                    s.sendall(req.raw)
-                    return read_response(s, ubuf, req.method)
-                except (EOFError, OSError):
-                    # closed while the request was on its way: a reset after sending, which
-                    # the route's retry policy decides on (Envoy never resends on its own)
-                    s.close()
-                    del upstreams[addr]
-                    raise
-        try:
-            s = socket.create_connection(addr, timeout=IO_TIMEOUT)
-        except OSError as exc:
-            raise ConnectFailed(f"{addr[0]}:{addr[1]}: {exc}", CONNECT_TIMEOUT
-                                if isinstance(exc, TimeoutError) else CONNECT_FAILURE) from exc
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        ubuf = bytearray()
-        upstreams[addr] = (s, ubuf)
+        kept = upstreams.get(addr)
+        if kept is not None and _closed_by_peer(kept[0]):  # its FIN is already here
+            kept[0].close()
+            del upstreams[addr]
+        if addr not in upstreams:
+            try:
+                s = socket.create_connection(addr, timeout=IO_TIMEOUT)
+            except OSError as exc:
+                raise ConnectFailed(f"{addr[0]}:{addr[1]}: {exc}", CONNECT_TIMEOUT
+                                    if isinstance(exc, TimeoutError) else CONNECT_FAILURE) from exc
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            upstreams[addr] = (s, bytearray())
+        s, ubuf = upstreams[addr]
         try:
             s.sendall(req.raw)
             return read_response(s, ubuf, req.method)
         except (EOFError, OSError):
+            # a reset after sending: the route's retry policy decides (Envoy never resends
+            # on its own)
             s.close()
             del upstreams[addr]
             raise
