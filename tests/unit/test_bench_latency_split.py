@@ -22,10 +22,20 @@ def _results(direct_p50: float, kernel_p50: float, bpf_ns: float | None) -> dict
 
 def test_added_latency_is_split_into_bpf_and_the_rest() -> None:
     r = _results(40.0, 62.5, 4500.0)
-    assert report.added_latency_split(r) == {"added_p50_us": 22.5, "bpf_us": 4.5,
-                                             "rest_us": 18.0}
+    assert report.added_latency_split(r) == {"added_p50_us": 22.5, "mechanism_us": 0.0,
+                                             "bpf_us": 4.5, "rest_us": 18.0}
     line = next(x for x in report.profile_lines(r) if "adds" in x)
-    assert "+22.5 us p50" in line and "4.50 us" in line and "18.0 us elsewhere" in line
+    assert "+22.5 us p50" in line and "4.50 us" in line and "+18.0 us is the rest" in line
+    assert "mechanism" not in line  # no bare relay in this run
+
+
+def test_the_bare_relay_takes_its_share_of_the_added_latency() -> None:
+    r = _results(40.0, 62.5, 4500.0)
+    r["scenarios"]["floor"] = {"low_rate": {"p50_us": 50.0}}
+    assert report.added_latency_split(r) == {"added_p50_us": 22.5, "mechanism_us": 10.0,
+                                             "bpf_us": 4.5, "rest_us": 8.0}
+    line = next(x for x in report.profile_lines(r) if "adds" in x)
+    assert "+10.0 us is the sockmap mechanism" in line and "+8.0 us is the rest" in line
 
 
 def test_no_split_without_a_program_profile() -> None:
