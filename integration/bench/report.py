@@ -477,8 +477,8 @@ def docs_page(r: dict[str, Any], plots_rel: str, json_rel: str) -> str:
         "the maps the datapath holds); and, with the Istio-sized snapshot loaded over ADS "
         "from the embedded xDS server, the RSS of a `sockmesh run` agent plus its maps next "
         "to the RSS of an Envoy sidecar fed the same snapshot."),
-        ("- Control plane: scripts/bench_translator.py's Istio-sized snapshot (endpoints "
-        "moved to 127/8, listeners not bound) translated and applied to the kernel "
+        ("- Control plane: the Istio-sized snapshot of integration/bench/istio_snapshot.py "
+        "(endpoints moved to 127/8, listeners not bound) translated and applied to the kernel "
         "(Datapath.apply returns after the last map write); endpoint changes as new "
         "ClusterLoadAssignments through the incremental translator and Datapath.apply; "
         "route updates (one rule changed each time) applied in a row, with the snapshot "
