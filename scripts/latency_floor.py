@@ -8,7 +8,8 @@ connections in turn, request by request, so the machine's load hits all five ali
   skb_pass    straight to nginx, the socket in a sockhash whose sk_skb verdict returns SK_PASS;
   bare_relay  to a local listener; a trivial sk_msg redirects each write to a pooled
               connection's egress and a trivial sk_skb verdict redirects each response into
-              the client's ingress: the sockmap mechanism sockmesh uses, without its work
+              the client's ingress (the client gets sockmesh's SO_RCVBUF, as under the
+              bench): the sockmap mechanism sockmesh uses, without its work
               (integration/bench/floor.py's programs, which `sockmesh bench` runs under wrk);
   sockmesh    to a service VIP through the sockmesh datapath (parse, route, pick, frame).
 
@@ -18,12 +19,16 @@ Prints each connection's p50/p90 and its added p50 over direct (median over repe
 the per-repetition difference).  The client and the datapath live in a dedicated child
 cgroup; all traffic is on 127.0.0.1 and 127.10.9.1.
 
-    .venv/bin/python scripts/latency_floor.py [--requests 3000] [--reps 5]
+    .venv/bin/python scripts/latency_floor.py [--requests 3000] [--reps 5] [--bpf-stats]
+
+--bpf-stats turns on kernel.bpf_stats_enabled for the run and prints each attached
+program's run time per run (tail-called programs count in the program that was attached).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes as C
 import json
 import os
@@ -38,9 +43,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bpf.datapath import Datapath
+from bpf.limits import limit
 from integration.bench import nginx
 from integration.bench.floor import BareRelay
 from integration.bench.scenarios import KERNEL_VIP, bench_tables
+from integration.bench.system import bpf_program_names, bpf_program_stats, bpf_stats_enabled
 from tests.support.cgroup import pin_dir_for, spawn_in_cgroup, sweep_leftovers, test_cgroup
 
 NAMES = ("direct", "msg_pass", "skb_pass", "bare_relay", "sockmesh")
@@ -95,6 +102,8 @@ def one_rep(cg: Path, relay: BareRelay, nport: int, body: bytes, n: int) -> list
         relay.put("fl_pass_cl", 0, fds[1])
         relay.put("fl_pass_pool", 0, fds[2])
         relay.pair(fds[3], 0)  # the relay's one pooled connection
+        with socket.socket(fileno=os.dup(fds[3])) as s:  # what fl_sockops gives its clients
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, limit("RCVBUF"))
         proc.stdin.write(b"\n")
         proc.stdin.flush()
         out, _ = proc.communicate(timeout=600)
@@ -111,16 +120,31 @@ def one_rep(cg: Path, relay: BareRelay, nport: int, body: bytes, n: int) -> list
     return json.loads(out.splitlines()[-1])
 
 
+def print_bpf_stats(before: dict[int, tuple[int, int]],
+                    after: dict[int, tuple[int, int]]) -> None:
+    """Run count and mean run time of each program that ran between the two samples."""
+    ran = {i: (c - before.get(i, (0, 0))[0], t - before.get(i, (0, 0))[1])
+           for i, (c, t) in after.items() if c > before.get(i, (0, 0))[0]}
+    names = bpf_program_names(list(ran))
+    for i, (cnt, ns) in sorted(ran.items(), key=lambda x: names.get(x[0], "?")):
+        print(f"  {names.get(i, '?'):16} runs {cnt:8d}  {ns / cnt / 1000:6.2f} us per run")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=3000, help="requests per connection per rep")
     ap.add_argument("--reps", type=int, default=5, help="repetitions (medians over them)")
+    ap.add_argument("--bpf-stats", action="store_true",
+                    help="also print each program's run time per run (bpf_stats)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (BPF, cgroup v2)")
     sweep_leftovers()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="sockmesh-floor-") as tmp, test_cgroup() as cg:
+    stats = contextlib.ExitStack()
+    if args.bpf_stats:
+        stats.enter_context(bpf_stats_enabled())
+    with stats, tempfile.TemporaryDirectory(prefix="sockmesh-floor-") as tmp, test_cgroup() as cg:
         backend = nginx.start(Path(tmp), "nginx-1", "0")
         dp = Datapath(cg, pin_dir_for(cg), warm=2)
         relay = None
@@ -134,10 +158,14 @@ def main() -> None:
             dp.load()
             dp.apply(bench_tables([("127.0.0.1", backend.port)]))
             relay = BareRelay(None, [("127.0.0.1", backend.port)], 1, pass_programs=True)
+            before = bpf_program_stats(os.getpid())
             for rep in range(args.reps):
                 rows.append(one_rep(cg, relay, backend.port, body, args.requests))
                 print(f"rep {rep + 1}: " + ", ".join(
                     f"{n} {r[0]:.1f}" for n, r in zip(NAMES, rows[-1], strict=True)), flush=True)
+            if args.bpf_stats:
+                print("BPF run time over all reps (bpf_stats):")
+                print_bpf_stats(before, bpf_program_stats(os.getpid()))
         finally:
             if relay is not None:
                 relay.close()
