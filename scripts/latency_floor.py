@@ -20,9 +20,12 @@ the per-repetition difference).  The client and the datapath live in a dedicated
 cgroup; all traffic is on 127.0.0.1 and 127.10.9.1.
 
     .venv/bin/python scripts/latency_floor.py [--requests 3000] [--reps 5] [--bpf-stats]
+                                              [--backends 1]
 
 --bpf-stats turns on kernel.bpf_stats_enabled for the run and prints each attached
 program's run time per run (tail-called programs count in the program that was attached).
+--backends N gives sockmesh's cluster N nginx (all on CPU 0) to round-robin over, as the
+bench's kernel scenario does with 3; the other connections stay on the first one.
 """
 
 from __future__ import annotations
@@ -136,6 +139,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5, help="repetitions (medians over them)")
     ap.add_argument("--bpf-stats", action="store_true",
                     help="also print each program's run time per run (bpf_stats)")
+    ap.add_argument("--backends", type=int, default=1,
+                    help="nginx backends sockmesh round-robins over (the bench uses 3)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (BPF, cgroup v2)")
@@ -145,7 +150,9 @@ def main() -> None:
     if args.bpf_stats:
         stats.enter_context(bpf_stats_enabled())
     with stats, tempfile.TemporaryDirectory(prefix="sockmesh-floor-") as tmp, test_cgroup() as cg:
-        backend = nginx.start(Path(tmp), "nginx-1", "0")
+        backends = [nginx.start(Path(tmp), f"nginx-{i + 1}", "0")
+                    for i in range(max(1, args.backends))]
+        backend = backends[0]
         dp = Datapath(cg, pin_dir_for(cg), warm=2)
         relay = None
         try:
@@ -156,7 +163,7 @@ def main() -> None:
                     head += s.recv(4096)
                 body = head.split(b"\r\n\r\n", 1)[1]  # nginx's short body comes in one piece
             dp.load()
-            dp.apply(bench_tables([("127.0.0.1", backend.port)]))
+            dp.apply(bench_tables([("127.0.0.1", b.port) for b in backends]))
             relay = BareRelay(None, [("127.0.0.1", backend.port)], 1, pass_programs=True)
             before = bpf_program_stats(os.getpid())
             for rep in range(args.reps):
@@ -170,7 +177,8 @@ def main() -> None:
             if relay is not None:
                 relay.close()
             dp.close()
-            backend.stop()
+            for b in backends:
+                b.stop()
     print(f"{args.reps} reps x {args.requests} requests per connection, interleaved per request")
     for i, name in enumerate(NAMES):
         diffs = [r[i][0] - r[0][0] for r in rows]
