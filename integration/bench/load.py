@@ -22,6 +22,9 @@ _UNIT = {"us": 1.0, "ms": 1000.0, "s": 1e6}
 PACE_LUA = "-- sockmesh bench: pace each connection\nfunction delay()\n  return {ms}\nend\n"
 
 
+Spawn = Callable[..., subprocess.Popen[bytes]]  # starts a process (e.g. inside a cgroup)
+
+
 class LoadError(RuntimeError):
     """wrk failed or saw errors."""
 
@@ -76,7 +79,7 @@ def parse_wrk(text: str, connections: int, seconds: float) -> WrkResult:
 
 
 def run_wrk(url: str, *, connections: int, seconds: float, cpu: str | None,
-            spawn: Callable[..., subprocess.Popen[bytes]] | None = None,
+            spawn: Spawn | None = None,
             pace_ms: int | None = None, workdir: Path | None = None) -> WrkResult:
     """One wrk run (1 thread) against ``url``; ``spawn`` starts it (e.g. inside a cgroup).
 
@@ -107,14 +110,21 @@ def run_wrk(url: str, *, connections: int, seconds: float, cpu: str | None,
     return parse_wrk(text, connections, seconds)
 
 
-def measured_round(url: str, *, spawn: Callable[..., subprocess.Popen[bytes]] | None,
+def measured_round(url: str, *, spawn: Spawn | None,
                    connections: int, seconds: float, warm_s: float, low_s: float,
                    pace_ms: int, cpu: str, workdir: Path, background_s: float = 1.0,
-                   counters: Callable[[], dict[str, int]] | None = None) -> dict[str, Any]:
+                   counters: Callable[[], dict[str, int]] | None = None,
+                   low: tuple[str, Spawn | None] | None = None,
+                   low_on_url_too: bool = False) -> dict[str, Any]:
     """One scenario's round as ``sockmesh bench`` measures it: a warm-up, the background
     (cores busy without our load over ``background_s``), a saturation run with machine CPU
-    from /proc/stat around it, then a paced low-rate run.  ``counters`` (the datapath's)
-    are read around the saturation run and the low-rate run separately."""
+    from /proc/stat around it, then a paced low-rate run (``low_rate``).  ``counters`` (the
+    datapath's) are read around the saturation run and the low-rate run separately.
+
+    ``low`` (url, spawn) sends the paced run elsewhere than ``url`` (``sockmesh bench``: the
+    same route to the direct scenario's one backend); ``low_on_url_too`` then adds a paced
+    run on ``url`` itself (``low_rate_rr``: the saturation route, ROUND_ROBIN over every
+    backend there), with its own counters."""
     from integration.bench.system import CpuSample
 
     run_wrk(url, connections=connections, seconds=warm_s, cpu=cpu, spawn=spawn)
@@ -128,17 +138,26 @@ def measured_round(url: str, *, spawn: Callable[..., subprocess.Popen[bytes]] | 
     sat = run_wrk(url, connections=connections, seconds=seconds, cpu=cpu, spawn=spawn)
     c1 = CpuSample.now()
     after = read()
-    low = run_wrk(url, connections=1, seconds=low_s, cpu=cpu, spawn=spawn, pace_ms=pace_ms,
-                  workdir=workdir)
+    low_url, low_spawn = low or (url, spawn)
+    paced = run_wrk(low_url, connections=1, seconds=low_s, cpu=cpu, spawn=low_spawn,
+                    pace_ms=pace_ms, workdir=workdir)
     after_low = read()
     cpu_s = c1.busy_seconds_since(c0)
     n = max(sat.requests, 1)
-    return {"saturation": sat.to_json(), "low_rate": low.to_json(), "cpu_s": cpu_s,
-            "softirq_s": c1.softirq_seconds_since(c0),
-            "cpu_busy_share": c1.busy_share_since(c0), "cpu_s_per_10k": cpu_s / n * 1e4,
-            "background_cpu_per_s": background,
-            "cpu_s_per_10k_net": max(cpu_s - background * (c1.at - c0.at), 0.0) / n * 1e4,
-            "counters": {c: v - before.get(c, 0) for c, v in after.items()
-                         if v - before.get(c, 0)},
-            "counters_low_rate": {c: v - after.get(c, 0) for c, v in after_low.items()
-                                  if v - after.get(c, 0)}}
+    out = {"saturation": sat.to_json(), "low_rate": paced.to_json(), "cpu_s": cpu_s,
+           "softirq_s": c1.softirq_seconds_since(c0),
+           "cpu_busy_share": c1.busy_share_since(c0), "cpu_s_per_10k": cpu_s / n * 1e4,
+           "background_cpu_per_s": background,
+           "cpu_s_per_10k_net": max(cpu_s - background * (c1.at - c0.at), 0.0) / n * 1e4,
+           "counters": _delta(before, after), "counters_low_rate": _delta(after, after_low)}
+    if low_on_url_too:
+        rr = run_wrk(url, connections=1, seconds=low_s, cpu=cpu, spawn=spawn,
+                     pace_ms=pace_ms, workdir=workdir)
+        out["low_rate_rr"] = rr.to_json()
+        out["counters_low_rate_rr"] = _delta(after_low, read())
+    return out
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The counters that moved between two readings."""
+    return {c: v - before.get(c, 0) for c, v in after.items() if v - before.get(c, 0)}

@@ -1,8 +1,11 @@
 """Envoy bootstraps for the benchmark: one proxy hop, and the two halves of a sidecar pair.
 
-A hop is a loopback listener (port 0, Envoy binds) whose HTTP connection manager routes
-``/`` to a STATIC ROUND_ROBIN cluster.  The sidecar pair chains two of them as Istio does:
-the client-side Envoy's cluster is the server-side Envoy, whose cluster is the backends.
+A hop is a loopback listener ``bench`` (port 0, Envoy binds) whose HTTP connection manager
+routes ``/`` to a STATIC ROUND_ROBIN cluster over the backends, and a second listener
+``bench-one`` with the same route to a cluster whose only endpoint is the direct scenario's
+backend (the low-rate latency runs go there; sockmesh's tables have the same two routes,
+integration/bench/scenarios.py).  The sidecar pair chains two hops as Istio does: each
+client-side listener's cluster is the server-side Envoy's listener of the same name.
 Plain HTTP/1.1 between the two (no mTLS, no Istio filters), so the pair is a lower bound of
 what an Istio sidecar pair costs.
 """
@@ -16,6 +19,7 @@ HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connectio
             "HttpConnectionManager")
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 LISTENER = "bench"
+ONE_LISTENER = "bench-one"
 
 
 def static_cluster(name: str, endpoints: Sequence[tuple[str, int]],
@@ -47,11 +51,22 @@ def loopback_listener(name: str, filters: list[dict[str, Any]],
             "filter_chains": [{"filters": filters}]}
 
 
-def hop(endpoints: Sequence[tuple[str, int]], cluster: str = "backend") -> dict[str, Any]:
-    """A one-hop proxy bootstrap: listener ``bench`` -> cluster over ``endpoints``."""
-    rc = {"name": "bench", "virtual_hosts": [{
+def _route_config(name: str, cluster: str) -> dict[str, Any]:
+    return {"name": name, "virtual_hosts": [{
         "name": "all", "domains": ["*"],
         "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}]}
+
+
+def hop(endpoints: Sequence[tuple[str, int]], one: tuple[str, int],
+        cluster: str = "backend") -> dict[str, Any]:
+    """A one-hop proxy bootstrap: listener ``bench`` -> cluster ``cluster`` over
+    ``endpoints`` (ROUND_ROBIN), listener ``bench-one`` -> cluster ``<cluster>-one`` whose
+    only endpoint is ``one``."""
+    one_cluster = f"{cluster}-one"
     return {"static_resources": {
-        "listeners": [loopback_listener(LISTENER, [hcm(rc, "bench")])],
-        "clusters": [static_cluster(cluster, endpoints)]}}
+        "listeners": [loopback_listener(LISTENER, [hcm(_route_config(LISTENER, cluster),
+                                                       LISTENER)]),
+                      loopback_listener(ONE_LISTENER, [hcm(_route_config(ONE_LISTENER,
+                                                                         one_cluster),
+                                                           ONE_LISTENER)])],
+        "clusters": [static_cluster(cluster, endpoints), static_cluster(one_cluster, [one])]}}

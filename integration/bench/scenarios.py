@@ -1,9 +1,14 @@
-"""The benchmark's own tables: one service on the kernel path, one forced to the slow path.
+"""The benchmark's own tables: services on the kernel path, and the same forced to the slow path.
 
-Both route ``/`` of any host to the cluster ``bench`` (ROUND_ROBIN over the nginx backends).
-The slow-path service's rule carries a ``needs_slow_path`` field, so sk_msg hands each of its
-requests to the agent's user-space path (counted as ``route_user``), which routes them with
-the same tables.
+Two routes, as Envoy's bench listeners have them (integration/bench/proxies.py):
+``KERNEL_VIP``/``SLOW_VIP`` route ``/`` of any host to the cluster ``bench``
+(ROUND_ROBIN over every nginx backend: the saturation runs, and the low-rate runs that show
+the spread cost); ``KERNEL_ONE_VIP``/``SLOW_ONE_VIP`` route it to ``bench-one``, whose only
+endpoint is the first backend, the one the direct scenario calls (the low-rate latency runs
+the targets use, so they compare the proxy's cost on the same backend work).
+The slow-path services' rules carry a ``needs_slow_path`` field, so sk_msg hands each of
+their requests to the agent's user-space path (counted as ``route_user``), which routes them
+with the same tables.
 """
 
 from __future__ import annotations
@@ -28,27 +33,39 @@ from translator.tables import (
 
 KERNEL_VIP = ("127.10.9.1", 8090)
 SLOW_VIP = ("127.10.9.2", 8090)
+KERNEL_ONE_VIP = ("127.10.9.3", 8090)
+SLOW_ONE_VIP = ("127.10.9.4", 8090)
 CLUSTER = "bench"
+ONE_CLUSTER = "bench-one"
 FORCED = "bench: forced slow path"
 
 
-def _table(name: str, slow: bool, extra_rules: Sequence[Rule] = ()) -> RouteTable:
+def _table(name: str, slow: bool, cluster: str, extra_rules: Sequence[Rule] = ()
+           ) -> RouteTable:
     rule = Rule(0, "all", PathMatch(PathKind.PREFIX, "/"),
-                action=Action(ActionKind.CLUSTER, cluster=CLUSTER),
+                action=Action(ActionKind.CLUSTER, cluster=cluster),
                 needs_slow_path=(FORCED,) if slow else ())
     return RouteTable(name, (VirtualHost("all", ("*",), (rule, *extra_rules)),))
 
 
 def bench_tables(endpoints: Sequence[tuple[str, int]], extra_rules: Sequence[Rule] = ()
                  ) -> Tables:
-    """The benchmark's services; ``extra_rules`` are added to the kernel table (updates)."""
+    """The benchmark's services; ``extra_rules`` are added to the kernel table (updates).
+
+    ``bench-one`` holds ``endpoints[0]`` only (the direct scenario's backend)."""
+    routes = {"bench-kernel": (KERNEL_VIP, False, CLUSTER, extra_rules),
+              "bench-slow": (SLOW_VIP, True, CLUSTER, ()),
+              "bench-kernel-one": (KERNEL_ONE_VIP, False, ONE_CLUSTER, ()),
+              "bench-slow-one": (SLOW_ONE_VIP, True, ONE_CLUSTER, ())}
     return Tables(
-        services=(Service(*KERNEL_VIP, ServiceKind.HTTP, route_table="bench-kernel"),
-                  Service(*SLOW_VIP, ServiceKind.HTTP, route_table="bench-slow")),
-        route_tables={"bench-kernel": _table("bench-kernel", False, extra_rules),
-                      "bench-slow": _table("bench-slow", True)},
+        services=tuple(Service(*vip, ServiceKind.HTTP, route_table=name)
+                       for name, (vip, _, _, _) in routes.items()),
+        route_tables={name: _table(name, slow, cluster, extra)
+                      for name, (_, slow, cluster, extra) in routes.items()},
         clusters={CLUSTER: Cluster(CLUSTER, LbPolicy.ROUND_ROBIN,
-                                   tuple(Endpoint(h, p) for h, p in endpoints))})
+                                   tuple(Endpoint(h, p) for h, p in endpoints)),
+                  ONE_CLUSTER: Cluster(ONE_CLUSTER, LbPolicy.ROUND_ROBIN,
+                                       (Endpoint(*endpoints[0]),))})
 
 
 def update_rule(i: int) -> Rule:

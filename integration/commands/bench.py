@@ -4,14 +4,19 @@ Scenarios in one run (details in integration/bench/ and docs/benchmarks.md): dir
 sockmap mechanism alone (a bare relay of the two redirects the kernel path makes,
 integration/bench/floor.py), the sockmesh kernel path, the sockmesh slow path, Envoy as one
 hop, an Envoy sidecar pair; then control-plane figures and memory with an Istio-sized
-config.  Writes ``bench.json`` and PNG
+config.  Saturation runs go ROUND_ROBIN over the three backends; the paced low-rate runs
+(the latency targets) go to the one backend the direct scenario calls, so the added latency
+is the proxy's own; the kernel path and Envoy one hop also get a paced run over the three
+backends (``low_rate_rr``: what spreading requests costs the backends, reported beside
+it).  Writes ``bench.json`` and PNG
 plots to ``--out``, prints ratios against direct and against Envoy and every target as
 MET/MISSED.  ``--docs``/``--readme`` regenerate docs/benchmarks.md and the README's summary
 from the JSON (``--from-json`` does only that, from an earlier run).
 
 Safety: the datapath is attached only to a child cgroup created here
 (``sockmesh-bench-<pid>``), holding only the wrk processes of the sockmesh scenarios, and
-the bare relay only to another (``sockmesh-bench-floor-<pid>``) holding only its wrk; all
+the bare relays only to others (``sockmesh-bench-floor-<pid>``, and
+``sockmesh-bench-floor-one-<pid>`` for the one-backend relay) holding only their wrk; all
 traffic is on 127.0.0.0/8; every load run is bounded by wrk's ``-d`` and a timeout; what was
 started is stopped by PID, programs detached, pins and cgroups removed, also on failure,
 Ctrl-C or SIGTERM.
@@ -41,6 +46,7 @@ from integration.preflight import BPFFS, missing_for_datapath
 
 PREFIX = "sockmesh-bench"
 FLOOR_PREFIX = f"{PREFIX}-floor"  # the bare relay's own cgroup (its sockops program)
+FLOOR_ONE_PREFIX = f"{PREFIX}-floor-one"  # the one-backend bare relay's (low-rate runs)
 PKG_ROOT = str(Path(integration.__file__).resolve().parents[1])
 CLIENT_CPU, SERVER_CPU = "1", "0"
 N_BACKENDS = 3
@@ -48,10 +54,18 @@ CONNECTIONS = 8
 PACE_MS = 1
 BACKGROUND_WINDOW_S = 1.0
 ON_DATAPATH = ("kernel", "slow")  # scenarios whose clients the datapath serves
+LOW_RATE_RR = ("kernel", "envoy")  # also a paced run over every backend (low_rate_rr)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the subcommand's options."""
+    parser.description = (
+        "Benchmark sockmesh against a direct connection and Envoy: direct, the bare sockmap "
+        "relay, the kernel path, the slow path, Envoy one hop and an Envoy sidecar pair. "
+        "Saturation runs go ROUND_ROBIN over three nginx backends; the paced low-rate "
+        "latency runs (the added-latency targets) go to the direct scenario's one backend; "
+        "the kernel path and Envoy one hop are also paced over the three backends "
+        "(reported beside, not used by the targets).")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: short runs, one round, fewer control-plane updates "
                              "(well under 3 minutes)")
@@ -140,6 +154,14 @@ def _publish(results: dict[str, Any], args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(envoy: Any, listener: str) -> int:
+    """The port Envoy bound for ``listener`` (it is ready: its static listeners are up)."""
+    port = envoy.listener_port(listener)
+    if port is None:
+        raise RuntimeError(f"Envoy has no active listener {listener!r}")
+    return int(port)
+
+
 def _median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
@@ -189,7 +211,13 @@ class Bench:
         from integration.bench import control, nginx, proxies
         from integration.bench.floor import BareRelay
         from integration.bench.load import measured_round, wrk_binary
-        from integration.bench.scenarios import KERNEL_VIP, SLOW_VIP, bench_tables
+        from integration.bench.scenarios import (
+            KERNEL_ONE_VIP,
+            KERNEL_VIP,
+            SLOW_ONE_VIP,
+            SLOW_VIP,
+            bench_tables,
+        )
         from integration.bench.system import (
             bpf_map_memory,
             machine,
@@ -201,25 +229,30 @@ class Bench:
 
         started = dt.datetime.now(dt.UTC)
         results: dict[str, Any] = {
-            "version": 1, "date": started.isoformat(timespec="seconds"), "quick": self.quick,
+            "version": 2, "date": started.isoformat(timespec="seconds"), "quick": self.quick,
             "machine": machine(),
             "method": {"backends": N_BACKENDS, "connections": CONNECTIONS,
                        "saturation_s": self.sat_s, "low_rate_s": self.low_s,
                        "warmup_s": self.warm_s, "rounds": self.rounds, "pace_ms": PACE_MS,
                        "pace_rps": 1000 // PACE_MS, "client_cpu": CLIENT_CPU,
                        "server_cpu": SERVER_CPU,
-                       "low_rate_client": "wrk + Lua delay() pacing, 1 connection"},
+                       "low_rate_client": "wrk + Lua delay() pacing, 1 connection",
+                       # low_rate: every scenario to the direct scenario's backend;
+                       # low_rate_rr: these scenarios also over every backend
+                       "low_rate_one_backend": True, "low_rate_rr": list(LOW_RATE_RR)},
             "scenarios": {}, "memory": {}, "notes": self.notes,
         }
         self.say(f"sockmesh bench ({'quick' if self.quick else 'full'}): load average "
                  f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-        for path in cgroups.sweep(PREFIX) + cgroups.sweep(FLOOR_PREFIX):
+        for path in (cgroups.sweep(PREFIX) + cgroups.sweep(FLOOR_PREFIX)
+                     + cgroups.sweep(FLOOR_ONE_PREFIX)):
             self.say(f"removed leftover {path} of an earlier run")
         work = Path(tempfile.mkdtemp(prefix="sockmesh-bench-"))
         cg: Path | None = None
         cg_floor: Path | None = None
+        cg_floor_one: Path | None = None
         dp: Datapath | None = None
-        relay: BareRelay | None = None
+        relays: list[BareRelay] = []
         backends: list[nginx.Nginx] = []
         envoys: list[EnvoyProcess] = []
         try:
@@ -238,9 +271,12 @@ class Bench:
             dp.apply(bench_tables(eps))
             self.say(f"datapath attached to {cg} (pins {BPFFS / cg.name})")
             cg_floor = cgroups.create(FLOOR_PREFIX)
-            relay = BareRelay(cg_floor, eps, CONNECTIONS)
+            relays.append(BareRelay(cg_floor, eps, CONNECTIONS))
+            cg_floor_one = cgroups.create(FLOOR_ONE_PREFIX)
+            relays.append(BareRelay(cg_floor_one, eps[:1], 1))
             self.say(f"bare relay (the sockmap mechanism alone) attached to {cg_floor}, "
-                     f"{CONNECTIONS} pooled connections over the {N_BACKENDS} backends")
+                     f"{CONNECTIONS} pooled connections over the {N_BACKENDS} backends; "
+                     f"for the low-rate runs, one to the first backend, on {cg_floor_one}")
             # the datapath's own threads (pool maintenance, splice listener) while idle: a
             # cost every scenario below carries, direct included
             p0, w0 = time.process_time(), time.monotonic()
@@ -250,19 +286,21 @@ class Bench:
             self.say(f"datapath threads while idle: {results['agent_idle_cpu_cores']:.3f} "
                      "cores")
 
-            hop = EnvoyProcess(proxies.hop(eps), work / "envoy-hop", binary=self.envoy)
+            hop = EnvoyProcess(proxies.hop(eps, eps[0]), work / "envoy-hop",
+                               binary=self.envoy)
             envoys.append(hop)
-            server_sc = EnvoyProcess(proxies.hop(eps), work / "envoy-server-sidecar",
+            server_sc = EnvoyProcess(proxies.hop(eps, eps[0]), work / "envoy-server-sidecar",
                                      binary=self.envoy)
             envoys.append(server_sc)
             for e in (hop, server_sc):
                 e.start()
                 assert e.pid is not None
                 pin_to_cpu(e.pid, SERVER_CPU)
-            sport = server_sc.listener_port(proxies.LISTENER)
-            client_sc = EnvoyProcess(proxies.hop([("127.0.0.1", int(sport or 0))],
-                                                 "server-sidecar"),
-                                     work / "envoy-client-sidecar", binary=self.envoy)
+            client_sc = EnvoyProcess(
+                proxies.hop([("127.0.0.1", _port(server_sc, proxies.LISTENER))],
+                            ("127.0.0.1", _port(server_sc, proxies.ONE_LISTENER)),
+                            "server-sidecar"),
+                work / "envoy-client-sidecar", binary=self.envoy)
             envoys.append(client_sc)
             client_sc.start()
             assert client_sc.pid is not None
@@ -280,14 +318,33 @@ class Bench:
                 assert cg_floor is not None
                 return cgroups.spawn_in(argv, cg_floor, **kw)
 
-            urls = {
+            def in_floor_one(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+                assert cg_floor_one is not None
+                return cgroups.spawn_in(argv, cg_floor_one, **kw)
+
+            def vip(addr: tuple[str, int]) -> str:
+                return f"http://{addr[0]}:{addr[1]}/"
+
+            def envoy_url(e: EnvoyProcess, listener: str) -> str:
+                return f"http://127.0.0.1:{_port(e, listener)}/"
+
+            # name -> the saturation (and low_rate_rr) URL and how to start its client; the
+            # low-rate URL (the same route to the direct scenario's backend) and its starter
+            urls: dict[str, tuple[str, Any]] = {
                 "direct": (f"http://127.0.0.1:{eps[0][1]}/", None),
-                "floor": (relay.url, in_floor),
-                "kernel": (f"http://{KERNEL_VIP[0]}:{KERNEL_VIP[1]}/", in_cgroup),
-                "slow": (f"http://{SLOW_VIP[0]}:{SLOW_VIP[1]}/", in_cgroup),
-                "envoy": (f"http://127.0.0.1:{hop.listener_port(proxies.LISTENER)}/", None),
-                "sidecars": (f"http://127.0.0.1:{client_sc.listener_port(proxies.LISTENER)}/",
-                             None),
+                "floor": (relays[0].url, in_floor),
+                "kernel": (vip(KERNEL_VIP), in_cgroup),
+                "slow": (vip(SLOW_VIP), in_cgroup),
+                "envoy": (envoy_url(hop, proxies.LISTENER), None),
+                "sidecars": (envoy_url(client_sc, proxies.LISTENER), None),
+            }
+            low_urls: dict[str, tuple[str, Any]] = {
+                "direct": urls["direct"],
+                "floor": (relays[1].url, in_floor_one),
+                "kernel": (vip(KERNEL_ONE_VIP), in_cgroup),
+                "slow": (vip(SLOW_ONE_VIP), in_cgroup),
+                "envoy": (envoy_url(hop, proxies.ONE_LISTENER), None),
+                "sidecars": (envoy_url(client_sc, proxies.ONE_LISTENER), None),
             }
             rounds: dict[str, list[dict[str, Any]]] = {k: [] for k in urls}
             n_runs = self.rounds * len(urls)
@@ -295,25 +352,31 @@ class Bench:
             for rnd in range(self.rounds):
                 for name, (url, spawn) in urls.items():
                     k += 1
+                    rr = name in LOW_RATE_RR
                     self.say(f"[{k}/{n_runs}] round {rnd + 1}: {name}: warm-up, "
                              f"{self.sat_s:g} s at {CONNECTIONS} connections, "
-                             f"{self.low_s:g} s paced")
+                             f"{self.low_s:g} s paced to one backend"
+                             + (f", {self.low_s:g} s paced round robin" if rr else ""))
                     rec = measured_round(
                         url, spawn=spawn, connections=CONNECTIONS, seconds=self.sat_s,
                         warm_s=self.warm_s, low_s=self.low_s, pace_ms=PACE_MS, cpu=CLIENT_CPU,
                         workdir=work, background_s=BACKGROUND_WINDOW_S,
-                        counters=dp.counters if name in ON_DATAPATH else None)
+                        counters=dp.counters if name in ON_DATAPATH else None,
+                        low=low_urls[name], low_on_url_too=rr)
                     on_dp = name in ON_DATAPATH
                     rec["fast_share"] = fast_path_share(rec["counters"]) if on_dp else None
                     rec["fast_share_low_rate"] = (fast_path_share(rec["counters_low_rate"])
                                                   if on_dp else None)
                     sat, low = rec["saturation"], rec["low_rate"]
-                    if sat["errors"] or low["errors"]:
-                        self.notes.append(f"{name} round {rnd + 1}: wrk saw "
-                                          f"{sat['errors'] + low['errors']} errors")
+                    errors = sum(rec[part]["errors"] for part in
+                                 ("saturation", "low_rate", "low_rate_rr") if part in rec)
+                    if errors:
+                        self.notes.append(f"{name} round {rnd + 1}: wrk saw {errors} errors")
                     rounds[name].append(rec)
+                    paced_rr = (f" (round robin p50 {rec['low_rate_rr']['p50_us']:.1f} us p99 "
+                                f"{rec['low_rate_rr']['p99_us']:.1f} us)" if rr else "")
                     self.say(f"    {sat['rps']:,.0f} req/s, p50 {sat['p50_us']:.0f} us; paced "
-                             f"p50 {low['p50_us']:.1f} us p99 {low['p99_us']:.1f} us; "
+                             f"p50 {low['p50_us']:.1f} us p99 {low['p99_us']:.1f} us{paced_rr}; "
                              f"{rec['cpu_s_per_10k']:.3f} CPU s/10k; CPUs busy "
                              + "/".join(f"{x:.0%}" for x in rec["cpu_busy_share"])
                              + (f"; kernel share {rec['fast_share']:.1%}"
@@ -327,6 +390,9 @@ class Bench:
                 results["scenarios"][name]["bpf_programs"] = self._program_profile(
                     url, spawn)
 
+            for relay in relays:  # their maps are not the datapath's
+                relay.close()
+            relays = []
             n_maps, map_bytes = bpf_map_memory(os.getpid())
             results["memory"] = {
                 "envoy_hop_rss": rss_bytes(hop.pid or 0),
@@ -336,8 +402,6 @@ class Bench:
             for e in envoys:
                 e.stop()
             envoys = []
-            relay.close()
-            relay = None
 
             self.say(f"control plane: {self.route_updates} route updates, benchmark tables")
             small = control.route_updates_small(dp, eps, self.route_updates, self.say)
@@ -355,13 +419,13 @@ class Bench:
         finally:
             for e in envoys:
                 e.stop()
-            if relay is not None:
+            for relay in relays:
                 relay.close()
             if dp is not None:
                 dp.close()
             for b in backends:
                 b.stop()
-            for group in (cg, cg_floor):
+            for group in (cg, cg_floor, cg_floor_one):
                 if group is None:
                     continue
                 pin = BPFFS / group.name
@@ -404,7 +468,8 @@ def _aggregate(recs: list[dict[str, Any]]) -> dict[str, Any]:
     shares = [r["fast_share"] for r in recs if r["fast_share"] is not None]
     low_shares = [r["fast_share_low_rate"] for r in recs
                   if r.get("fast_share_low_rate") is not None]
-    return {"saturation": med("saturation"), "low_rate": med("low_rate"),
+    rr = {"low_rate_rr": med("low_rate_rr")} if "low_rate_rr" in recs[0] else {}
+    return {"saturation": med("saturation"), "low_rate": med("low_rate"), **rr,
             "cpu_s_per_10k": _median([r["cpu_s_per_10k"] for r in recs]),
             "cpu_s_per_10k_net": _median([r["cpu_s_per_10k_net"] for r in recs]),
             "background_cpu_per_s": _median([r["background_cpu_per_s"] for r in recs]),

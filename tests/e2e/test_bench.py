@@ -4,7 +4,9 @@ JSON and plots; the docs page and README section are generated from that JSON.
 The checks are about the run being real and complete, not about the speed targets (those
 are printed MET/MISSED by the benchmark itself, on a shared machine): every scenario served
 requests without errors (the bare relay too), the kernel scenario was routed in the kernel
-(at saturation and at the low rate) and the slow-path scenario was not, every target was
+(at saturation and at the low rate) and the slow-path scenario was not, the kernel path and
+Envoy one hop also have their round-robin low-rate runs (printed beside the targets, which
+use the one-backend runs), every target was
 evaluated (the data-plane ones with the bare relay beside them), the control-plane and
 memory figures exist.
 ~100 s on 2 busy cores (the quick run itself; the bound is 180 s).
@@ -66,8 +68,13 @@ def test_quick_run_is_bounded_and_complete(quick_run: tuple[Path, str, float]) -
     assert elapsed < QUICK_BOUND_S, f"--quick took {elapsed:.0f} s"
     r: dict[str, Any] = json.loads((out / "bench.json").read_text())
     assert r["quick"] and set(r["scenarios"]) == SCENARIOS
+    assert r["method"]["low_rate_one_backend"] and r["method"]["low_rate_rr"] == [
+        "kernel", "envoy"]
     for name, s in r["scenarios"].items():
-        for part in ("saturation", "low_rate"):
+        parts = ("saturation", "low_rate") + (("low_rate_rr",) if name in ("kernel", "envoy")
+                                              else ())
+        assert ("low_rate_rr" in s) == (name in ("kernel", "envoy")), name
+        for part in parts:
             w = s[part]
             assert w["requests"] > 0 and w["rps"] > 0 and w["errors"] == 0, (name, part, w)
             assert 0 < w["p50_us"] <= w["p90_us"] <= w["p99_us"], (name, part, w)
@@ -76,6 +83,10 @@ def test_quick_run_is_bounded_and_complete(quick_run: tuple[Path, str, float]) -
     assert r["scenarios"]["slow"]["fast_share"] < 0.1
     assert r["scenarios"]["slow"]["rounds"][0]["counters"].get("route_user", 0) > 0
     assert r["scenarios"]["kernel"]["fast_share_low_rate"] > 0.9
+    rr_counters = r["scenarios"]["kernel"]["rounds"][0]["counters_low_rate_rr"]
+    assert rr_counters.get("fast", 0) > 0  # the round-robin paced run went through the kernel
+    assert {row["scenario"] for row in report.rr_rows(r)} == {"kernel", "envoy"}
+    assert "ROUND_ROBIN over the 3 backends" in stdout
     assert r["scenarios"]["floor"]["fast_share"] is None  # the bare relay is not sockmesh
     mem = r["memory"]
     assert mem["envoy_hop_rss"] > 0 and mem["bench_bpf_map_bytes"] > 0
