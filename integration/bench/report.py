@@ -76,6 +76,23 @@ def _low(r: dict[str, Any], name: str) -> dict[str, Any]:
     return r["scenarios"][name]["low_rate"]
 
 
+def low_rate_one_backend(r: dict[str, Any]) -> bool:
+    """Whether every scenario's ``low_rate`` went to the direct scenario's one backend (runs
+    since results version 2).  Before, the proxied scenarios' paced runs took the
+    saturation route (ROUND_ROBIN over every backend) while direct called one, so their
+    added latency included the backends' spread cost."""
+    return bool(r.get("method", {}).get("low_rate_one_backend"))
+
+
+def _low_rate_where(r: dict[str, Any]) -> str:
+    """How the low-rate figures were routed, for the targets' figures column."""
+    if low_rate_one_backend(r):
+        return "all on direct's one backend"
+    n = r.get("method", {}).get("backends", 3)
+    return (f"an older run: the proxies' figures went round robin over {n} backends, "
+            "direct's to one, so they include the spread cost")
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b <= 0:
         return None
@@ -110,7 +127,8 @@ def targets(r: dict[str, Any]) -> list[Target]:
             out.append(Target(f"added {pct} latency vs Envoy's added (low rate)",
                               f"<= {limit}", _ratio(max(kd, 0.0), ed), limit, True,
                               f"{kd:+.1f} us vs {ed:+.1f} us{noise}"
-                              + (f"; bare relay {fd:+.1f} us" if fd is not None else ""),
+                              + (f"; bare relay {fd:+.1f} us" if fd is not None else "")
+                              + f" ({_low_rate_where(r)})",
                               floor=_ratio(max(fd, 0.0), ed) if fd is not None else None))
         kc, dc = _cpu(sc["kernel"]), _cpu(sc["direct"])
         fc = _cpu(sc["floor"]) if fl else None
@@ -162,6 +180,51 @@ def ratio_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def rr_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per scenario with a ``low_rate_rr`` run (the paced run over the saturation route,
+    ROUND_ROBIN over every backend): its percentiles, what it adds over direct, and its
+    spread cost (what it adds over the same scenario's run to one backend)."""
+    sc = r.get("scenarios", {})
+    if "direct" not in sc:
+        return []
+    d = sc["direct"]["low_rate"]
+    rows = []
+    for name, s in sc.items():
+        rr = s.get("low_rate_rr")
+        if not rr:
+            continue
+        one = s["low_rate"]
+        rows.append({"scenario": name, "label": LABELS.get(name, name),
+                     **{f"{pct}_us": rr[f"{pct}_us"] for pct in ("p50", "p90", "p99")},
+                     **{f"added_{pct}_us": rr[f"{pct}_us"] - d[f"{pct}_us"]
+                        for pct in ("p50", "p99")},
+                     **{f"spread_{pct}_us": rr[f"{pct}_us"] - one[f"{pct}_us"]
+                        for pct in ("p50", "p99")}})
+    return rows
+
+
+def rr_added_ratio(r: dict[str, Any]) -> float | None:
+    """The kernel path's added low-rate p50 over Envoy one hop's, both round robin over
+    every backend (how runs before version 2 computed the target; not a target now)."""
+    rows = {row["scenario"]: row for row in rr_rows(r)}
+    if not {"kernel", "envoy"} <= rows.keys() or rows["envoy"]["added_p50_us"] <= 0:
+        return None
+    return max(rows["kernel"]["added_p50_us"], 0.0) / rows["envoy"]["added_p50_us"]
+
+
+def _rr_note(r: dict[str, Any]) -> str:
+    n = r.get("method", {}).get("backends", 3)
+    ratio = rr_added_ratio(r)
+    return (f"Low-rate latency with ROUND_ROBIN over the {n} backends (the saturation runs' "
+            "route): not used by the targets, because direct calls one backend; spreading "
+            "consecutive requests over several nginx costs the backends time both proxies "
+            "pay and direct does not."
+            + (f" Added p50 over direct on these figures, sockmesh vs Envoy: {ratio:.3f} "
+               "(the ratio runs before the one-backend low-rate runs called the target)."
+               if ratio
+               is not None else ""))
+
+
 def _f(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
@@ -179,9 +242,19 @@ def text_table(r: dict[str, Any]) -> str:
             f"{row['sat_p99_us']:8.0f} {row['low_p50_us']:8.1f} {row['low_p90_us']:8.1f} "
             f"{row['low_p99_us']:8.1f} {row['cpu_s_per_10k']:8.3f} "
             f"{_f(row.get('cpu_vs_direct'), '6.2f')} {_f(row.get('background'), '5.2f')}")
-    lines.append("latencies in us; sat = saturation at fixed concurrency, low = paced low rate;"
+    lines.append("latencies in us; sat = saturation at fixed concurrency, low = paced low rate"
+                 + (" on direct's one backend" if low_rate_one_backend(r) else "") + ";"
                  " CPU = machine CPU seconds per 10,000 requests (all processes, kernel, "
                  "softirq); bg = cores busy without our load just before")
+    rr = rr_rows(r)
+    if rr:
+        lines += ["", _rr_note(r)]
+        for row in rr:
+            lines.append(
+                f"  {row['label']:28} p50 {row['p50_us']:7.1f} p90 {row['p90_us']:7.1f} p99 "
+                f"{row['p99_us']:7.1f}; over direct p50 {row['added_p50_us']:+7.1f} p99 "
+                f"{row['added_p99_us']:+7.1f}; spread cost (over one backend) p50 "
+                f"{row['spread_p50_us']:+6.1f} p99 {row['spread_p99_us']:+6.1f}")
     lines.append("")
     lines += [t.line() for t in targets(r)]
     fl = floor_lines(r)
@@ -259,6 +332,13 @@ def profile_lines(r: dict[str, Any], top: int = 6) -> list[str]:
             f"rate: {mech}{split['bpf_us']:.2f} us runs in sockmesh's BPF programs, "
             f"{split['rest_us']:+.1f} us is the rest (costs of the programs not counted as "
             "their run time, and noise)")
+    rr = {row["scenario"]: row for row in rr_rows(r)}
+    if rr:
+        lines.append("- round robin over the backends instead of direct's one backend costs "
+                     + ", ".join(f"{row['label']} {row['spread_p50_us']:+.1f} us"
+                                 for row in rr.values())
+                     + " p50 at the low rate (same run): the backends' cost of spreading "
+                     "consecutive requests, not the proxy's; the targets leave it out")
     spread = low_rate_p99_spread(r)
     if spread:
         lines.append("- low-rate p99 over the rounds (min..max): " + ", ".join(
@@ -313,14 +393,22 @@ def plots(r: dict[str, Any], out: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=100)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, kind, title in ((axes[0], "low", f"paced ~{r['method']['pace_rps']:,} req/s"),
-                            (axes[1], "sat", "saturation")):
+    # the low-rate panel also has the round-robin runs, as "<name> RR"
+    low = [(row["scenario"], [row[f"low_{p}_us"] for p in ("p50", "p90", "p99")])
+           for row in rows]
+    low += [(f"{row['scenario']} RR", [row[f"{p}_us"] for p in ("p50", "p90", "p99")])
+            for row in rr_rows(r)]
+    sat = [(row["scenario"], [row[f"sat_{p}_us"] for p in ("p50", "p90", "p99")])
+           for row in rows]
+    low_title = (f"paced ~{r['method']['pace_rps']:,} req/s"
+                 + (" (one backend; RR: round robin)" if low_rate_one_backend(r) else ""))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, bars, title in ((axes[0], low, low_title), (axes[1], sat, "saturation")):
         width = 0.27
         for j, pct in enumerate(("p50", "p90", "p99")):
-            ax.bar([i + (j - 1) * width for i in range(len(rows))],
-                   [row[f"{kind}_{pct}_us"] for row in rows], width, label=pct)
-        ax.set_xticks(range(len(rows)), names)
+            ax.bar([i + (j - 1) * width for i in range(len(bars))],
+                   [v[j] for _, v in bars], width, label=pct)
+        ax.set_xticks(range(len(bars)), [n for n, _ in bars], fontsize=7)
         ax.set_yscale("log")
         ax.set_ylabel("latency (us, log scale)")
         ax.set_title(f"Latency, {title}")
@@ -357,8 +445,9 @@ def plots(r: dict[str, Any], out: Path) -> list[Path]:
 
 
 def _md_table(r: dict[str, Any]) -> list[str]:
+    where = ", one backend" if low_rate_one_backend(r) else ""
     lines = [("| scenario | req/s | vs direct | vs Envoy | p50 / p90 / p99 at ~"
-             f"{r['method']['pace_rps']:,} req/s (us) | p50 / p99 at saturation (us) | "
+             f"{r['method']['pace_rps']:,} req/s{where} (us) | p50 / p99 at saturation (us) | "
              "CPU s / 10k req | vs direct | background (cores) |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in ratio_rows(r):
@@ -368,6 +457,23 @@ def _md_table(r: dict[str, Any]) -> list[str]:
             f"{row['low_p90_us']:.0f} / {row['low_p99_us']:.0f} | {row['sat_p50_us']:.0f} / "
             f"{row['sat_p99_us']:.0f} | {row['cpu_s_per_10k']:.3f} | "
             f"{_f(row.get('cpu_vs_direct'), '.2f')} | {_f(row.get('background'), '.2f')} |")
+    return lines
+
+
+def _md_rr_table(r: dict[str, Any]) -> list[str]:
+    """The round-robin low-rate runs (empty for runs without them)."""
+    rows = rr_rows(r)
+    if not rows:
+        return []
+    lines = [_rr_note(r), "",
+             ("| scenario | p50 / p90 / p99, round robin (us) | added over direct: p50 / p99 "
+              "(us) | spread cost, over one backend: p50 / p99 (us) |"),
+             "|---|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['label']} | {row['p50_us']:.0f} / {row['p90_us']:.0f} / "
+                     f"{row['p99_us']:.0f} | {row['added_p50_us']:+.0f} / "
+                     f"{row['added_p99_us']:+.0f} | {row['spread_p50_us']:+.0f} / "
+                     f"{row['spread_p99_us']:+.0f} |")
     return lines
 
 
@@ -381,6 +487,11 @@ def _md_targets(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _rr_section(r: dict[str, Any]) -> list[str]:
+    table = _md_rr_table(r)
+    return [*table, ""] if table else []
+
+
 def readme_section(r: dict[str, Any]) -> str:
     """The README's summary table, between the generated-section markers."""
     m = r["machine"]
@@ -391,7 +502,7 @@ def readme_section(r: dict[str, Any]) -> str:
         f"{r['loadavg_end'][0]:.2f} at the end (a shared machine: the background column is "
         "how many cores others kept busy); method, plots and where the time goes in "
         "[docs/benchmarks.md](docs/benchmarks.md)."),
-        "", *_md_table(r), "", *_md_targets(r), README_END])
+        "", *_md_table(r), "", *_rr_section(r), *_md_targets(r), README_END])
 
 
 def update_readme(readme: Path, r: dict[str, Any]) -> None:
@@ -404,6 +515,32 @@ def update_readme(readme: Path, r: dict[str, Any]) -> None:
     else:
         text = text.rstrip("\n") + "\n\n## Benchmark summary\n\n" + section + "\n"
     readme.write_text(text)
+
+
+def _low_rate_method(r: dict[str, Any]) -> str:
+    """Which backend each scenario's low-rate runs went to, and why."""
+    n = r["method"]["backends"]
+    if not low_rate_one_backend(r):
+        return (f"In this run (an older one) the proxied scenarios' low-rate runs took the "
+                f"saturation route, ROUND_ROBIN over the {n} backends (the bare relay: one "
+                "pooled connection, so one backend), while direct called one backend: their "
+                "added latency over direct includes what spreading consecutive requests over "
+                f"{n} nginx processes costs the backends, a cost of the workload, not of the "
+                "proxy.")
+    rr = ", ".join(LABELS.get(k, k) for k in r["method"].get("low_rate_rr", []))
+    return ("Every scenario's low-rate run goes to the one backend direct calls: sockmesh "
+            "(kernel and slow path) through a second service VIP whose route's cluster has "
+            "only that backend, Envoy (one hop, and each half of the pair) through a second "
+            "listener with the same route to a cluster of that backend alone, the bare relay "
+            "through a second relay whose one pooled connection goes to it. So the added "
+            "latency over direct, and the targets built on it, are each proxy's own cost on "
+            "the same backend work. "
+            + (f"{rr} also get a low-rate run over the saturation route (ROUND_ROBIN over "
+               f"the {n} backends), shown in its own table: consecutive requests then land on "
+               f"{n} nginx processes sharing one CPU, which costs the backends cache and "
+               "wake-up time. That spread cost belongs to the workload: both proxies pay it, "
+               "the direct baseline (one warm nginx) never does, so it is reported beside the "
+               "targets, not in them." if rr else ""))
 
 
 def docs_page(r: dict[str, Any], plots_rel: str, json_rel: str) -> str:
@@ -437,15 +574,19 @@ def docs_page(r: dict[str, Any], plots_rel: str, json_rel: str) -> str:
         ("- Scenarios, all HTTP/1.1 keep-alive: **direct** (wrk straight to one nginx: the "
         "floor); **sockmesh kernel path** (wrk in a dedicated child cgroup calls a service "
         "VIP; connect4/sockops/sk_msg/sk_skb route each request to a pooled connection, "
-        "ROUND_ROBIN over the three backends); **sockmesh slow path** (the same with a rule "
+        "ROUND_ROBIN over the three backends at saturation, see the low-rate runs below); "
+        "**sockmesh slow path** (the same with a rule "
         "that needs user space, so every request goes through the agent's user-space path); "
-        "**Envoy one hop** (Envoy 1.40, one worker, ROUND_ROBIN over the three backends); "
+        "**Envoy one hop** (Envoy 1.40, one worker, the same routes: ROUND_ROBIN over the "
+        "three backends at saturation); "
         "**Envoy sidecar pair** (a client-side Envoy whose upstream is a server-side Envoy "
         "in front of the backends, plain HTTP/1.1 between them, no mTLS or Istio filters: a "
         "lower bound of an Istio pair); **sockmap mechanism (bare relay)** "
         "(integration/bench/bare_relay.bpf.c: wrk, in a child cgroup of its own, calls a "
         "local listener; each of its connections is paired with one pooled connection, the "
-        "pool spread round robin over the three backends as the kernel path's requests are; "
+        "pool spread round robin over the three backends as the kernel path's requests are"
+        + (" (a second relay, in a cgroup of its own, has one pooled connection to direct's "
+           "backend, for the low-rate runs)" if low_rate_one_backend(r) else "") + "; "
         "an sk_msg program redirects each write to that "
         "connection's egress and an sk_skb verdict redirects each response into wrk's "
         "socket with BPF_F_INGRESS: the two redirects the kernel path makes, without "
@@ -458,10 +599,13 @@ def docs_page(r: dict[str, Any], plots_rel: str, json_rel: str) -> str:
         "The kernel path's sk_msg runs in wrk's own sendmsg on the client CPU."),
         (f"- Throughput and saturation latency: wrk, 1 thread, {meth['connections']} "
         f"connections, {meth['saturation_s']:g} s per round after a {meth['warmup_s']:g} s "
-        "warm-up."),
+        "warm-up; the proxied scenarios route these runs ROUND_ROBIN over the "
+        f"{meth['backends']} backends (the bare relay: its pooled connections spread over "
+        "them), direct calls one backend."),
         (f"- Low-rate latency: wrk with a Lua `delay()` of {meth['pace_ms']} ms per request on "
         f"1 connection (about {meth['pace_rps']:,} req/s offered; wrk2 is not packaged), "
-        f"{meth['low_rate_s']:g} s per round; p50/p90/p99 from wrk's histogram."),
+        f"{meth['low_rate_s']:g} s per round; p50/p90/p99 from wrk's histogram. "
+        + _low_rate_method(r)),
         (f"- Rounds: {meth['rounds']}, the scenarios interleaved; each figure is the median "
         "over rounds."),
         ("- CPU: /proc/stat deltas over each saturation run, all CPUs, user + system + irq + "
@@ -490,6 +634,7 @@ def docs_page(r: dict[str, Any], plots_rel: str, json_rel: str) -> str:
         "",
         *_md_table(r),
         "",
+        *_rr_section(r),
         f"![throughput]({plots_rel}/throughput.png)",
         f"![latency]({plots_rel}/latency.png)",
         f"![cpu]({plots_rel}/cpu.png)",

@@ -136,3 +136,106 @@ def test_the_low_rate_p99_spread_over_rounds_is_shown() -> None:
                                           for p99 in (300.0, 4100.0, 900.0)]
     assert report.low_rate_p99_spread(r) == {"direct": (300.0, 4100.0)}
     assert any("direct 300..4100 us" in ln for ln in report.profile_lines(r))
+
+
+def _full(r: dict[str, Any], one_backend: bool) -> dict[str, Any]:
+    """``r`` with what the docs page and the plots read besides the scenarios; the method of
+    a run with one-backend low-rate runs, or of an older run without them (no memory or
+    control-plane figures: the docs page leaves those sections out)."""
+    r.update({"memory": {}, "control": {}, "version": 2 if one_backend else 1, "date": "2026-01-01T00:00:00+00:00",
+              "quick": True, "duration_s": 90.0, "loadavg_end": [0.1, 0.1, 0.1],
+              "machine": {"nproc": 2, "cpu_model": "cpu", "kernel": "k", "mem_total_mb": 1024,
+                          "loadavg": [0.2, 0.2, 0.2]},
+              "tools": {"nginx": "nginx", "wrk": "wrk", "envoy": "1.40"},
+              "method": {"backends": 3, "connections": 8, "saturation_s": 2.0,
+                         "low_rate_s": 2.0, "warmup_s": 1.0, "rounds": 1, "pace_ms": 1,
+                         "pace_rps": 1000, "client_cpu": "1", "server_cpu": "0"}})
+    if one_backend:
+        r["method"].update({"low_rate_one_backend": True, "low_rate_rr": ["kernel", "envoy"]})
+    return r
+
+
+def _with_round_robin(kernel_rr_p50: float, envoy_rr_p50: float) -> dict[str, Any]:
+    """A run whose kernel path adds 5 us p50 on direct's backend (Envoy 100 us) and whose
+    round-robin runs add ``kernel_rr_p50 - 50`` and ``envoy_rr_p50 - 50``."""
+    r = _full(_results(kernel_rps=9_500, kernel_p50=55, kernel_cpu=1.1), one_backend=True)
+    r["scenarios"]["kernel"]["low_rate_rr"] = _wrk(900.0, kernel_rr_p50, 130.0)
+    r["scenarios"]["envoy"]["low_rate_rr"] = _wrk(900.0, envoy_rr_p50, 320.0)
+    return r
+
+
+def test_latency_targets_use_the_one_backend_runs_not_the_round_robin_ones() -> None:
+    r = _with_round_robin(kernel_rr_p50=75.0, envoy_rr_p50=160.0)
+    t = next(t for t in report.targets(r) if t.name.startswith("added p50"))
+    assert t.value == pytest.approx(5.0 / 100.0) and t.met is True
+    assert "+5.0 us vs +100.0 us" in t.figures and "direct's one backend" in t.figures
+    # on the round-robin figures the same ratio would miss: shown, never a verdict
+    assert report.rr_added_ratio(r) == pytest.approx(25.0 / 110.0)
+    r["scenarios"]["kernel"]["low_rate"]["p50_us"] = 70.0  # now the one-backend run misses
+    t = next(t for t in report.targets(r) if t.name.startswith("added p50"))
+    assert t.met is False and t.value == pytest.approx(0.2)
+
+
+def test_the_round_robin_runs_have_their_own_rows() -> None:
+    r = _with_round_robin(kernel_rr_p50=75.0, envoy_rr_p50=160.0)
+    rows = {row["scenario"]: row for row in report.rr_rows(r)}
+    assert set(rows) == {"kernel", "envoy"}  # only the scenarios that ran them
+    k = rows["kernel"]
+    assert (k["added_p50_us"], k["added_p99_us"]) == (25.0, 30.0)  # over direct's 50 / 100
+    assert (k["spread_p50_us"], k["spread_p99_us"]) == (20.0, 20.0)  # over its 55 / 110
+    text = report.text_table(r)
+    assert "ROUND_ROBIN over the 3 backends" in text and "0.227" in text
+    assert any(ln.strip().startswith(report.LABELS["kernel"]) and "p50    75.0" in ln
+               and "spread cost (over one backend) p50  +20.0" in ln
+               for ln in text.splitlines())
+    row = "| sockmesh kernel path | 75 / 102 / 130 | +25 / +30 | +20 / +20 |"
+    assert row in report.readme_section(r)
+    page = report.docs_page(r, "benchmarks", "benchmarks/bench.json")
+    assert row in page and "p50 / p90 / p99 at ~1,000 req/s, one backend (us)" in page
+    # the Method section says which figures are which, and why
+    assert "Every scenario's low-rate run goes to the one backend direct calls" in page
+    assert "both proxies pay it, the direct baseline (one warm nginx) never does" in page
+    assert any("round robin over the backends instead of direct's one backend costs "
+               "sockmesh kernel path +20.0 us" in ln for ln in report.profile_lines(r))
+
+
+def test_plots_carry_the_round_robin_runs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    import matplotlib.pyplot as plt
+
+    r = _with_round_robin(kernel_rr_p50=75.0, envoy_rr_p50=160.0)
+    drawn: list[list[str]] = []
+    real = plt.Axes.set_xticks
+
+    def record(ax: Any, ticks: Any, labels: Any = None, **kw: Any) -> Any:
+        drawn.append(list(labels or []))
+        return real(ax, ticks, labels, **kw)
+
+    monkeypatch.setattr(plt.Axes, "set_xticks", record)
+    paths = report.plots(r, tmp_path)
+    assert (tmp_path / "latency.png") in paths
+    assert (tmp_path / "latency.png").read_bytes()[:4] == b"\x89PNG"
+    assert ["direct", "kernel", "slow", "envoy", "sidecars", "kernel RR", "envoy RR"] in drawn
+
+
+def test_an_older_run_without_the_one_backend_runs_regenerates_and_says_so(
+        tmp_path: Any) -> None:
+    import json
+
+    from integration import cli
+
+    r = _full(_results(kernel_rps=9_500, kernel_p50=55, kernel_cpu=1.1), one_backend=False)
+    assert report.rr_rows(r) == [] and not report.low_rate_one_backend(r)
+    t = next(t for t in report.targets(r) if t.name.startswith("added p50"))
+    assert t.met is True and "an older run" in t.figures and "spread cost" in t.figures
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(r))
+    docs = tmp_path / "docs" / "benchmarks.md"
+    docs.parent.mkdir()
+    assert cli.main(["bench", "--from-json", str(old), "--out", str(tmp_path / "o"),
+                     "--docs", str(docs)]) == 0
+    page = docs.read_text()
+    assert "In this run (an older one) the proxied scenarios' low-rate runs took the " \
+        "saturation route" in page
+    assert "round robin (us)" not in page and "one backend (us)" not in page
+    assert "a second relay" not in page  # that run had none
