@@ -9,8 +9,10 @@ benchmark can show, next to each target the kernel path misses, what the mechani
 achieves on this kernel.
 
 ``python -m integration.bench.floor`` measures direct, the bare relay and sockmesh's kernel
-path the way ``sockmesh bench`` does (wrk, interleaved rounds, medians), with the CPU
+path with ``sockmesh bench``'s runs (wrk, interleaved rounds, medians), with the CPU
 placement and the sk_skb attachment as options: an analysis of where the floor comes from.
+Unlike ``sockmesh bench``, its paced runs take each scenario's saturation route (the kernel
+path round robin over three backends; ``--one-backend`` adds a relay to one backend).
 """
 
 from __future__ import annotations
