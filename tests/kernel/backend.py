@@ -58,6 +58,7 @@ class Backend:
         self.delay_s = 0.0  # added to every response (least-request tests)
         self.idle_timeout = idle_timeout  # keep-alive timeout: close a connection idle so long
         self.closed = 0  # connections this backend has closed (or seen closed)
+        self.closed_peers: set[int] = set()  # their peer ports (x-peer-port names the peer)
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._closed = False
@@ -80,10 +81,12 @@ class Backend:
 
     def _serve(self, conn: socket.socket) -> None:
         buf = bytearray()
+        peer_port = 0
         try:
             # recv times out -> the finally closes (nginx-like); inside the try because
             # close() or drop_connections() may have closed conn before this thread ran
             conn.settimeout(self.idle_timeout)
+            peer_port = conn.getpeername()[1]
             while not self._closed:
                 end = _read_until(conn, buf, b"\r\n\r\n")
                 head = bytes(buf[:end]).decode("latin-1")
@@ -117,7 +120,7 @@ class Backend:
                 if path.startswith("/hangup"):
                     return  # close without answering (the finally closes)
                 try:
-                    close = self._respond(conn, method, path, hdrs, body)
+                    close = self._respond(conn, method, path, hdrs, body, peer_port)
                 finally:
                     with self._lock:
                         self.active -= 1
@@ -130,9 +133,10 @@ class Backend:
             conn.close()
             with self._lock:
                 self.closed += 1
+                self.closed_peers.add(peer_port)
 
     def _respond(self, conn: socket.socket, method: str, path: str, hdrs: dict[str, str],
-                 body: bytes) -> bool:
+                 body: bytes, peer_port: int) -> bool:
         status, payload, chunks, close = 200, self.name.encode(), None, False
         seg = path.split("?", 1)[0].strip("/").split("/")
         if self.delay_s:
@@ -152,7 +156,8 @@ class Backend:
         reason = {200: "OK", 204: "No Content", 304: "Not Modified"}.get(status, "X")
         head = [f"HTTP/1.1 {status} {reason}", f"x-backend: {self.name}", f"x-path: {path}",
                 f"x-host: {hdrs.get('host', '')}", f"x-body-len: {len(body)}",
-                f"x-body-sha: {hashlib.sha256(body).hexdigest()[:16]}"]
+                f"x-body-sha: {hashlib.sha256(body).hexdigest()[:16]}",
+                f"x-peer-port: {peer_port}"]
         if close:
             head.append("connection: close")
         out: bytes
