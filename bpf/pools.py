@@ -61,6 +61,14 @@ class Pools:
         self._draining: dict[int, tuple[float, float]] = {}  # slot -> (grace end, deadline)
         self.endpoints: dict[int, tuple[str, int]] = {}
         self.conns: dict[int, socket.socket] = {}  # slot id -> socket
+        # sm_poolports_v1 entries this object wrote: slot -> key, key -> slot.  A pooled
+        # socket reset by its backend goes to TCP_CLOSE and the kernel releases its local
+        # port (it was bound to port 0, so not locked) while the fd is still open here; a
+        # newer pooled socket can then get the same port and its entry.  Closing the old
+        # socket must not delete the newer socket's entry: that hid its responses from sk_skb
+        # (the client timed out).  So an entry is deleted only by the slot that owns it.
+        self._port_key: dict[int, tuple[int, int]] = {}
+        self._port_slot: dict[tuple[int, int], int] = {}
         self._gen: dict[int, int] = {}
         self._miss_seen: dict[int, int] = {}
         self._retry_at: dict[int, float] = {}  # endpoint -> monotonic time of next connect
@@ -196,27 +204,29 @@ class Pools:
     # ---- slots ------------------------------------------------------------------------
     def _close_slot(self, sid: int) -> None:
         old = self.conns.pop(sid, None)
-        if old is None:
-            return
-        try:
-            ip, port = old.getsockname()
-            self.ports.delete(L.SockKey(ip4=_ip_net(ip), port=port))
-        except OSError:
-            pass
-        old.close()  # also removes it from the sockhash
+        key = self._port_key.pop(sid, None)
+        if key is not None and self._port_slot.get(key) == sid:
+            del self._port_slot[key]
+            with contextlib.suppress(BpfError):
+                self.ports.delete(L.SockKey(ip4=key[0], port=key[1]))
+        if old is not None:
+            old.close()  # also removes it from the sockhash
+
+    def _connect(self, addr: tuple[str, int]) -> socket.socket:
+        # An explicit bind gives a local port no other socket holds.  connect()'s own port
+        # choice shares a port between connections to different destinations, and sk_skb
+        # finds a slot by the pooled socket's local address (sm_poolports_v1): two pooled
+        # sockets on one port sent one's response to the other's slot, where it was dropped
+        # as unasked-for (resp_lost) and the client waited out its timeout.
+        return socket.create_connection(addr, timeout=CONNECT_TIMEOUT,
+                                        source_address=(UNIQUE_PORT_BIND, 0))
 
     def _fill(self, ep: int, sid: int, addr: tuple[str, int]) -> bool:
         self._close_slot(sid)
         self._closed_busy.pop(sid, None)
         self.slots.set(sid, L.Slot(state=EMPTY, ep_id=ep))
         try:
-            # An explicit bind gives a local port no other socket holds.  connect()'s own
-            # port choice shares a port between connections to different destinations, and
-            # sk_skb finds a slot by the pooled socket's local address (sm_poolports_v1): two
-            # pooled sockets on one port sent one's response to the other's slot, where it was
-            # dropped as unasked-for (resp_lost) and the client waited out its timeout.
-            s = socket.create_connection(addr, timeout=CONNECT_TIMEOUT,
-                                         source_address=(UNIQUE_PORT_BIND, 0))
+            s = self._connect(addr)
         except OSError as exc:
             log.info("pool connect to %s:%d failed: %s", addr[0], addr[1], exc)
             self._retry_at[ep] = time.monotonic() + RETRY_AFTER
@@ -230,7 +240,13 @@ class Pools:
             s.close()
             return False
         ip, port = s.getsockname()
-        self.ports.set(L.SockKey(ip4=_ip_net(ip), port=port), U32(sid))
+        key = (_ip_net(ip), port)
+        self.ports.set(L.SockKey(ip4=key[0], port=key[1]), U32(sid))
+        prev = self._port_slot.get(key)
+        if prev is not None:  # a reset socket's released port, now this one's
+            self._port_key.pop(prev, None)
+        self._port_slot[key] = sid
+        self._port_key[sid] = key
         gen = self._gen.get(sid, 0) + 1
         self._gen[sid] = gen
         self.conns[sid] = s

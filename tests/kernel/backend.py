@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -36,6 +37,13 @@ def _read_n(conn: socket.socket, buf: bytearray, n: int) -> bytes:
     out = bytes(buf[:n])
     del buf[:n]
     return out
+
+
+def _peer_port(conn: socket.socket) -> int:
+    try:
+        return conn.getpeername()[1]
+    except OSError:
+        return 0
 
 
 class Backend:
@@ -172,6 +180,16 @@ class Backend:
             out = ("\r\n".join(head) + "\r\n\r\n").encode() + (b"" if method == "HEAD" else payload)
         conn.sendall(out)
         return close
+
+    def reset(self, peer_port: int) -> bool:
+        """Abort the accepted connection from ``peer_port``: its serving thread closes it
+        with SO_LINGER 0, which sends a RST instead of a FIN."""
+        with self._lock:
+            conns = [c for c in self._conns if _peer_port(c) == peer_port]
+        for c in conns:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.shutdown(socket.SHUT_RD)  # wakes the thread's recv; nothing goes on the wire
+        return bool(conns)
 
     def drop_connections(self) -> None:
         """Close every accepted connection (pooled connections see a FIN)."""

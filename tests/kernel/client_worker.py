@@ -113,16 +113,19 @@ def run_parallel(cmd: dict) -> list:
     results: list = [None] * cmd["n"]
 
     def run(i: int) -> None:
+        c = None
+        res: list = []
         try:
             c = Conn(cmd["host"], cmd["port"])
-            res = []
             for r in cmd["raws"]:
                 raw = base64.b64decode(r)
                 res.append(c.request(raw, method=method_of(raw)))
             c.sock.close()
             results[i] = res
         except Exception as exc:  # noqa: BLE001 - reported to the test
-            results[i] = {"error": repr(exc)}
+            # which connection, after how many answers: the test's failure names them
+            results[i] = {"error": repr(exc), "answered": len(res),
+                          "local": c.sock.getsockname() if c is not None else None}
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(cmd["n"])]
     for t in threads:
