@@ -50,6 +50,23 @@ class Mesh:
             time.sleep(0.005)
 
 
+    def apply(self, tables: Any, timeout: float = 10.0) -> Any:
+        """Apply ``tables`` and wait until the pools have an idle connection to each of their
+        endpoints (or saw its connect refused).  Until then the kernel hands that endpoint's
+        requests to user space, which answers them right but is not what a test of the kernel
+        path wants to see (under CPU load the warm-up can take a while)."""
+        out = self.dp.apply(tables)
+        pools = self.dp.pools
+        addrs = {(e.address, e.port) for c in tables.clusters.values() for e in c.endpoints}
+        ids = [i for i, a in self.dp.encoder.endpoints().items() if a in addrs]
+        deadline = time.monotonic() + timeout
+        while not all(pools.size(i) > 0 or i in pools._retry_at for i in ids):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"pools not warm after {timeout:g} s: "
+                                     f"{ {i: pools.size(i) for i in ids} }")
+            time.sleep(0.005)
+        return out
+
     def client_state(self, local: tuple[str, int]) -> Any:
         from bpf import layout
         from bpf.encoder import ip_net

@@ -17,7 +17,7 @@ HOST = "body.test"
 @pytest.fixture
 def one_backend(mesh: Mesh, backends):
     b1, b2 = make_backends(backends, "b1", "b2")
-    mesh.dp.apply(http_tables(VIP, PORT, [vhost("b", [HOST], [
+    mesh.apply(http_tables(VIP, PORT, [vhost("b", [HOST], [
         rule("/", action=to("c1")), rule("/two", action=to("c2"))])],
         [cluster("c1", [b1]), cluster("c2", [b2])]))
     return b1, b2

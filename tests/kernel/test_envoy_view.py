@@ -52,7 +52,7 @@ def _tables(special: Rule, backends: dict) -> Tables:
 def _run(mesh: Mesh, client: Client, tables: Tables, cases: list[Case]) -> dict[str, int]:
     """Send every case on one connection; each lands where the model says.  Returns how
     the counters moved."""
-    mesh.dp.apply(tables)
+    mesh.apply(tables)
     rt = tables.route_tables["rt"]
     want = {"c1": "b1", "c2": "b2"}
     before = mesh.counters()

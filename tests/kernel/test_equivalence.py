@@ -147,7 +147,7 @@ def test_kernel_and_model_agree(mesh: Mesh, client: Client, backends, name: str,
                                 source: object, n: int) -> None:
     base = _istio(source) if isinstance(source, str) else _generated(source)  # type: ignore[arg-type]
     tables = _with_backends(base, backends, vip_base=10 * (SETS.index((name, source, n)) + 1))
-    mesh.dp.apply(tables)
+    mesh.apply(tables)
     assert mesh.dp.encoder.user_reasons == []
     by_cluster = {b.cluster: b.name for b in backends.values()}  # type: ignore[attr-defined]
     fast = handed = 0

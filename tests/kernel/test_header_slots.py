@@ -31,9 +31,9 @@ def test_slots_of_headers_no_rule_names_are_reused(mesh: Mesh, client: Client,
     n_slots = limit("HDR_SLOTS") - FIRST_HDR_SLOT
     old = [f"x-old-{i}" for i in range(n_slots)]
     new = [f"x-new-{i}" for i in range(n_slots)]
-    mesh.dp.apply(_tables(old, b1, b2))
+    mesh.apply(_tables(old, b1, b2))
     for _ in range(1 + QUARANTINE_APPLIES):
-        mesh.dp.apply(_tables(new, b1, b2))
+        mesh.apply(_tables(new, b1, b2))
     assert set(mesh.dp.encoder.hdr_slots) == set(new)
     client.connect("a", VIP, PORT)
     cases = [(http("GET", f"/{n}", HOST, {n: "yes"}), "b2") for n in new]

@@ -47,7 +47,7 @@ def _prog_ids(mesh: Mesh) -> dict[str, int]:
 def test_loader_restart_reuses_pins_and_connection_keeps_flowing(mesh: Mesh, client: Client,
                                                                   backends) -> None:
     b1, b2 = make_backends(backends, "b1", "b2")
-    mesh.dp.apply(http_tables(VIP, PORT, [vhost("r", [HOST], [
+    mesh.apply(http_tables(VIP, PORT, [vhost("r", [HOST], [
         rule("/", action=to("c1")), rule("/two", action=to("c2"))])],
         [cluster("c1", [b1]), cluster("c2", [b2])]))
     client.connect("a", VIP, PORT)

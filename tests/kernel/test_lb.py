@@ -26,7 +26,7 @@ HOST = "lb.test"
 
 
 def _apply(mesh: Mesh, c: Cluster) -> None:
-    mesh.dp.apply(http_tables(VIP, PORT, [vhost("lb", [HOST], [rule("/", action=to(c.name))])],
+    mesh.apply(http_tables(VIP, PORT, [vhost("lb", [HOST], [rule("/", action=to(c.name))])],
                               [c]))
 
 
@@ -189,7 +189,7 @@ def test_least_request_spill_goes_to_user_space(mesh: Mesh, client: Client, back
 def test_l4_least_request_spill_samples_the_ring(mesh: Mesh, client: Client, backends) -> None:
     bs = make_backends(backends, "t0", "down", "t1")
     c = _spill(bs, LbPolicy.LEAST_REQUEST)
-    mesh.dp.apply(Tables(services=(Service(L4_VIP, L4_PORT, ServiceKind.TCP, cluster=c.name),),
+    mesh.apply(Tables(services=(Service(L4_VIP, L4_PORT, ServiceKind.TCP, cluster=c.name),),
                          clusters={c.name: c}))
     before = mesh.counters()
     n = 200

@@ -26,7 +26,7 @@ def _route(path: str) -> tuple[str, str]:
 def test_request_counts_match_what_the_client_sent(mesh: Mesh, client: Client,
                                                    backends) -> None:
     a1, a2, s1 = make_backends(backends, "a1", "a2", "s1")
-    mesh.dp.apply(http_tables(
+    mesh.apply(http_tables(
         VIP, PORT,
         [vhost("stats", [HOST], [rule("/", action=to("c_all"), name="all"),
                                  rule("/status", action=to("c_st"), name="st")])],

@@ -19,7 +19,7 @@ def test_each_request_lands_on_its_routes_backend(mesh: Mesh, client: Client, ba
         rule("/", action=to("c3"),
              headers=(ValueMatch("x-canary", StringKind.EXACT, "yes"),)),
     ])], [cluster("c1", [b1]), cluster("c2", [b2]), cluster("c3", [b3])])
-    mesh.dp.apply(tables)
+    mesh.apply(tables)
     before = mesh.counters()
     client.connect("a", VIP, PORT)
     cases = [
@@ -47,13 +47,13 @@ def test_apply_writes_only_what_changed_and_dump_reads_it_back(mesh: Mesh, clien
     rules = [rule("/", action=to("c1")), rule("/api", action=to("c2"))]
     t1 = http_tables(VIP, PORT, [vhost("svc", ["svc.test"], rules)],
                      [cluster("c1", [b1]), cluster("c2", [b2])])
-    mesh.dp.apply(t1)
-    assert mesh.dp.apply(t1) == {"writes": 0, "deletes": 0}  # nothing changed
+    mesh.apply(t1)
+    assert mesh.apply(t1) == {"writes": 0, "deletes": 0}  # nothing changed
     # one rule's target changes: one rule entry is rewritten, nothing else
     changed = [rules[0], rule("/api", action=to("c1"))]
     t2 = http_tables(VIP, PORT, [vhost("svc", ["svc.test"], changed)],
                      [cluster("c1", [b1]), cluster("c2", [b2])])
-    assert mesh.dp.apply(t2) == {"writes": 1, "deletes": 0}
+    assert mesh.apply(t2) == {"writes": 1, "deletes": 0}
     local = client.connect("a", VIP, PORT)
     assert client.request("a", http("GET", "/api", "svc.test"))["headers"]["x-backend"] == "b1"
     d = mesh.dp.dump()
@@ -79,7 +79,7 @@ def test_wildcard_service_and_specific_vip_precedence(mesh: Mesh, client: Client
                            [], rt_name="one")
     t = replace(t, services=t.services + specific.services,
                 route_tables={**t.route_tables, **specific.route_tables})
-    mesh.dp.apply(t)
+    mesh.apply(t)
     for i, vip in enumerate(("127.10.0.97", "127.10.0.98", "127.10.0.99")):
         client.connect(f"c{i}", vip, 8099)
         r = client.request(f"c{i}", http("GET", "/", f"{vip}:8099"))

@@ -54,7 +54,7 @@ def routed(mesh: Mesh, backends):
         vhost("raw", ["*"], [rule("/", action=to("c_echo"))]),
     ], [cluster("c1", [b1]), cluster("c2", [b2]), cluster("c3", [b3]), dead,
         cluster("c_echo", [echo])])
-    mesh.dp.apply(tables)
+    mesh.apply(tables)
     yield b1, b2, b3, echo
     echo.close()
 
@@ -112,7 +112,7 @@ def test_hand_off_routes_like_the_model(mesh: Mesh, client: Client, routed, reas
 
 def test_no_route_is_a_local_404(mesh: Mesh, client: Client, backends) -> None:
     (b1,) = make_backends(backends, "b1")
-    mesh.dp.apply(http_tables(VIP, PORT, [vhost("svc", [HOST], [rule("/api", action=to("c1"))])],
+    mesh.apply(http_tables(VIP, PORT, [vhost("svc", [HOST], [rule("/api", action=to("c1"))])],
                               [cluster("c1", [b1])]))
     local = client.connect("a", VIP, PORT)
     for raw in (http("GET", "/", HOST), http("GET", "/api", "other.test")):
@@ -178,7 +178,7 @@ def test_kept_upstream_closed_by_keepalive_timeout_is_not_reused(mesh: Mesh, cli
 
     kb = Backend("kb", idle_timeout=0.3)
     backends["kb"] = kb
-    mesh.dp.apply(http_tables(VIP, PORT, [vhost("svc", [HOST], [
+    mesh.apply(http_tables(VIP, PORT, [vhost("svc", [HOST], [
         rule(r"/re/[0-9]+", PathKind.REGEX, action=to("ck"))])], [cluster("ck", [kb])]))
     client.connect("a", VIP, PORT)
     before = mesh.counters()
