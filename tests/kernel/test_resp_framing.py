@@ -102,7 +102,7 @@ class ScriptedBackend:
                     for p in parts:
                         conn.sendall(p)
                         self._wait_sent(conn)
-            except (OSError, KeyError) as exc:
+            except (OSError, KeyError, ValueError) as exc:  # ValueError: closed by close()
                 self.errors.append(repr(exc))
 
     @staticmethod
@@ -300,3 +300,30 @@ def test_unframed_responses_retire_the_connection(rig: Rig, raw: bytes) -> None:
     assert rig.exchange([raw]) == LOST
     assert rig.slots.retired_since(before)
     assert rig.exchange([NGINX]) == DONE  # the next request on another pooled connection
+
+
+@pytest.mark.parametrize("line,body", [
+    (b"Content-Length:  000000000012", b"twelve bytes"),  # digits past the first word
+    (b"Content-Length:\t7 ", b"seven b"),
+    (b"content-length: 1 0", b"ten bytes!"),  # other bytes do not count, as byte by byte
+    (b"Transfer-Encoding:   chunked", b"4\r\nfour\r\n0\r\n\r\n"),
+    (b"TRANSFER-ENCODING: \tChunked", b"4\r\nfour\r\n0\r\n\r\n"),
+    (b"Transfer-Encoding: chun ked", b"4\r\nfour\r\n0\r\n\r\n"),  # spaces are not hashed
+], ids=["cl-long", "cl-tab", "cl-space", "te-spaces", "te-tab-case", "te-inner-space"])
+def test_framing_values(rig: Rig, line: bytes, body: bytes) -> None:
+    raw = b"HTTP/1.1 200 OK\r\nServer: x\r\n" + line + b"\r\nX-Pad: " + b"p" * 30 + b"\r\n\r\n"
+    raw += body
+    assert rig.exchange([raw]) == DONE
+    at = raw.index(line) + len(line) // 2
+    assert rig.exchange([raw[:at], raw[at:]]) == DONE
+
+
+@pytest.mark.parametrize("value,retired", [(b"close", True), (b"  Close", True),
+                                           (b"cl ose", True), (b"keep-alive", False),
+                                           (b"xclose", False), (b"closer", False)])
+def test_connection_values(rig: Rig, value: bytes, retired: bool) -> None:
+    raw = b"HTTP/1.1 200 OK\r\nConnection:" + value + b"\r\nContent-Length: 2\r\n\r\nok"
+    before = rig.slots.view()
+    assert rig.exchange([raw]) == DONE
+    assert rig.slots.retired_since(before) == retired
+    rig.settled()
