@@ -186,8 +186,8 @@ LOST = {"fast": 1, "resp_done": 0, "resp_lost": 1}
 def rig(mesh: Mesh, client: Client) -> Iterator[Rig]:
     b = ScriptedBackend()
     try:
-        mesh.dp.apply(http_tables(VIP, PORT, [vhost("f", [HOST], [rule("/", action=to("c"))])],
-                                  [cluster("c", [b])]))
+        mesh.apply(http_tables(VIP, PORT, [vhost("f", [HOST], [rule("/", action=to("c"))])],
+                               [cluster("c", [b])]))
         yield Rig(mesh, client, b)
         assert not b.errors
     finally:
