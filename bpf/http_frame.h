@@ -4,14 +4,15 @@
  * with the same chunk states.  Data runs (SM_P_BODY, SM_P_CDATA) are skipped by the caller
  * in bulk.
  *
- * A response head is walked a line at a time where the bytes are at hand (sm_resp_fast):
+ * A response head is walked a line at a time where the bytes are at hand (sm_resp_step):
  * the status digits are read at their fixed offsets, each header line is judged by its
  * first bytes (a case-folded word compare against "content-length:", "transfer-encoding:"
- * and "connection:"), and the rest of a line that does not matter is skipped eight bytes
- * at a time.  sm_resp_byte takes one byte with the same meaning; the caller falls back to
- * it for what the fast path leaves (values of the three headers, the end of the head,
- * chunk lines, and lines cut by the end of the skb), so a head split at any byte frames
- * the same.
+ * and "connection:"), a Content-Length value is read a word at a time, and lines (or
+ * values) that do not matter are skipped up to three words at a time.  The per-phase
+ * sm_*_byte functions take one byte with the same meaning; sm_resp_step falls back to
+ * them for what the fast paths leave (a value that may be "chunked" or "close", chunk
+ * lines, and lines cut by the end of the skb), so a head split at any byte frames the
+ * same.
  */
 #ifndef SOCKMESH_HTTP_FRAME_H
 #define SOCKMESH_HTTP_FRAME_H
@@ -22,7 +23,9 @@
 /* the rest of a line that does not matter (status line after its code, other headers);
  * kernel-only like the SM_P_* in sockmesh.h */
 #define SM_P_HSKIP 9
-/* bytes sm_resp_fast may read from its position: the longest name compared, in words */
+/* bytes a header line's start needs at hand to be told at once: the longest name compared,
+ * in words (the fast paths read up to 24 bytes past their position, within the window
+ * buffer's 2 x SM_RESP_WIN; bytes past what the skb had are never used) */
 #define SM_RESP_LOOK 24
 
 /* eight bytes as one little-endian word (what a load from the window gives) */
