@@ -327,3 +327,15 @@ def test_connection_values(rig: Rig, value: bytes, retired: bool) -> None:
     assert rig.exchange([raw]) == DONE
     assert rig.slots.retired_since(before) == retired
     rig.settled()
+
+
+def test_malformed_header_lines(rig: Rig) -> None:
+    # a line without ':' does not spoil the next name (it did in the byte loop's hash)
+    raw = b"HTTP/1.1 200 OK\r\nno colon here\r\nContent-Length: 2\r\n\r\nok"
+    assert rig.exchange([raw]) == DONE
+    assert rig.exchange([raw[:20], raw[20:]]) == DONE
+    # a name with a CR in it is no name that frames a response: close-delimited, retired
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length\r: 2\r\n\r\nok"
+    assert rig.exchange([raw]) == LOST
+    rig.settled()
+    assert rig.exchange([raw[:20], raw[20:]]) == LOST
