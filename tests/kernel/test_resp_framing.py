@@ -8,17 +8,21 @@ connection (resp_lost / "connection: close": the slot retired).  A framing that 
 drops the rest as unasked-for bytes (resp_lost, the client times out); one that ends late
 never counts resp_done.  Heads are split at every byte, sent a byte per skb, padded so the
 interesting lines straddle the framer's 256-byte window, and carry header names in any case
-and names that only start like Content-Length, Transfer-Encoding or Connection.
+and names that only start like Content-Length, Transfer-Encoding or Connection.  Random
+responses, cut at random bytes, frame where a byte-by-byte Python model of the framing
+says (``model_frame``).
 """
 
 from __future__ import annotations
 
 import ctypes as C
 import fcntl
+import random
 import socket
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -168,6 +172,9 @@ class Rig:
         after = self.mesh.counters()
         return {k: after[k] - before[k] for k in ("fast", "resp_done", "resp_lost")}
 
+    def wait_retired(self, before: list[tuple[int, int]]) -> None:
+        poll_until(lambda: self.slots.retired_since(before), 5, "pool slot retired")
+
     def settled(self) -> None:
         """Until no slot is dead: the agent replaced the connections the kernel retired."""
         poll_until(lambda: all(st != limit("SLOT_DEAD") for st, _ in self.slots.view()), 5,
@@ -238,7 +245,7 @@ def test_connection_close_retires_the_pooled_connection(rig: Rig, line: bytes) -
     for parts in ([raw], [raw[:30], raw[30:]]):
         before = rig.slots.view()
         assert rig.exchange(parts) == DONE
-        poll_until(lambda b=before: rig.slots.retired_since(b), 5, "pool slot retired")
+        rig.wait_retired(before)
         rig.settled()
 
 
@@ -339,3 +346,146 @@ def test_malformed_header_lines(rig: Rig) -> None:
     assert rig.exchange([raw]) == LOST
     rig.settled()
     assert rig.exchange([raw[:20], raw[20:]]) == LOST
+
+
+def model_frame(raw: bytes, head_request: bool = False) -> tuple[int, bool, int] | None:
+    """The framing http_frame.h implements, byte by byte in Python: (bytes the response
+    takes, connection: close, status) or None when the kernel does not frame it."""
+    phase, line, status, name, value = "status", 0, 0, b"", b""
+    cl: int | None = None
+    left = 0
+    chunked = close = False
+    in_ = ""
+    for i, c in enumerate(raw):
+        ch = bytes([c])
+        if phase == "status":
+            if 9 <= line < 12 and ch.isdigit():
+                status = status * 10 + c - 48
+            line += 1
+            if ch == b"\n":
+                phase, line, name = "hname", 0, b""
+        elif phase == "hname":
+            if ch == b"\n":
+                if line > 1:
+                    line, name = 0, b""
+                    continue
+                if 100 <= status < 200:  # interim: the final response follows
+                    phase, line, status, cl, chunked = "status", 0, 0, None, False
+                    continue
+                if head_request or status in (204, 304):
+                    return i + 1, close, status
+                if chunked:
+                    phase, left, line = "csize", 0, 0
+                elif cl is not None:
+                    if cl == 0:
+                        return i + 1, close, status
+                    phase, left = "body", cl
+                else:
+                    return None  # close-delimited
+                continue
+            line += 1
+            if ch == b":":
+                in_ = {b"content-length": "cl", b"transfer-encoding": "te",
+                       b"connection": "conn"}.get(name.lower(), "")
+                if in_ == "cl":
+                    cl = 0
+                phase, value = "hval", b""
+            else:
+                name += ch
+        elif phase == "hval":
+            if ch == b"\n":
+                chunked |= in_ == "te" and value.lower() == b"chunked"
+                close |= in_ == "conn" and value.lower() == b"close"
+                phase, line, name, in_ = "hname", 0, b"", ""
+            elif ch in b" \t\r":
+                pass
+            elif in_ == "cl" and ch.isdigit():
+                cl = (cl or 0) * 10 + c - 48
+            else:
+                value += ch
+        elif phase == "body":
+            left -= 1
+            if left == 0:
+                return i + 1, close, status
+        elif phase == "csize":  # well-formed sizes only (the generator makes no others)
+            if ch == b"\n":
+                phase, line = ("cdata" if left else "trailer"), 0
+            elif ch == b";":
+                phase = "cext"
+            elif ch in b"0123456789abcdefABCDEF" and line == 0:
+                left = left * 16 + int(ch, 16)
+            elif ch in b" \t\r":
+                line = 1
+        elif phase == "cext":
+            if ch == b"\n":
+                phase, line = ("cdata" if left else "trailer"), 0
+        elif phase == "cdata":
+            left -= 1
+            if left == 0:
+                phase = "ccrlf"
+        elif phase == "ccrlf":
+            if ch == b"\n":
+                phase, left, line = "csize", 0, 0
+        elif phase == "trailer":
+            if ch == b"\n":
+                if line <= 1:
+                    return i + 1, close, status
+                line = 0
+            else:
+                line += 1
+    return None
+
+
+def _random_response(rnd: random.Random) -> bytes:
+    def case(s: str) -> bytes:
+        return "".join(c.upper() if rnd.random() < 0.5 else c for c in s).encode()
+
+    def ws() -> bytes:
+        return rnd.choice([b"", b" ", b" ", b"  ", b"\t", b" \t"])
+
+    lines = [b"Server: nginx/1.22.1", b"Date: Thu, 26 Nov 2026 10:12:18 GMT",
+             b"X-Long: " + b"v" * rnd.randrange(200, 700), b"Content-Type: text/html",
+             b"Content-Length-Foo: 9", b"Connectionx: close", b"Transfer-Encodin: chunked",
+             b"ETag: \"6a1f0b2c-f\"", b"x: y", b"Content-Typ: a", b"Connection:" + ws()
+             + case("keep-alive"), case("x-content-length") + b": 3"]
+    head = [rnd.choice(lines) for _ in range(rnd.randrange(0, 7))]
+    body = bytes(rnd.randrange(97, 123) for _ in range(rnd.randrange(0, 300)))
+    if rnd.random() < 0.2:
+        head.append(case("connection") + b":" + ws() + case("close") + ws())
+    if rnd.random() < 0.35:
+        head.append(case("transfer-encoding") + b":" + ws() + case("chunked"))
+        out = b""
+        for i in range(0, len(body), 37):
+            part = body[i:i + 37]
+            ext = rnd.choice([b"", b";a=b", b" ;x"])
+            out += b"%x%s\r\n%s\r\n" % (len(part), ext, part)
+        trailers = rnd.choice([b"", b"X-T: 1\r\n", b"A: b\r\nC: d\r\n"])
+        body = out + b"0\r\n" + trailers + b"\r\n"
+    else:
+        head.append(case("content-length") + b":" + ws() + b"%d" % len(body) + ws())
+    rnd.shuffle(head)
+    status = rnd.choice([200, 201, 404, 503])
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" if rnd.random() < 0.15 else b""
+    return (interim + b"HTTP/1.1 %d X\r\n" % status + b"".join(h + b"\r\n" for h in head)
+            + b"\r\n" + body)
+
+
+def test_random_responses_frame_as_the_model_says(rig: Rig) -> None:
+
+    rnd = random.Random(4)
+    classes, want_classes = rig.classes(), Counter[str]()
+    for n in range(150):
+        raw = _random_response(rnd)
+        want = model_frame(raw)
+        assert want is not None and want[0] == len(raw), raw
+        want_classes[f"{want[2] // 100}xx"] += 1
+        cuts = sorted(rnd.sample(range(1, len(raw)), min(len(raw) - 1, rnd.randrange(0, 4))))
+        parts = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+        before = rig.slots.view()
+        assert rig.exchange(parts) == DONE, (n, parts)
+        if want[1]:  # connection: close
+            rig.wait_retired(before)
+            rig.settled()
+        else:
+            assert not rig.slots.retired_since(before), (n, raw)
+    assert _class_delta(classes, rig.classes()) == want_classes
