@@ -65,6 +65,18 @@ static __always_inline struct sm_client *sm_msg_client(struct sk_msg_md *msg,
 	return sm_clients_v2.lookup(key);
 }
 
+/* sm_to_user for the passes that do not need the connection's state to go on (parse, rules,
+ * the least-request passes): they look it up only to hand the connection over, which keeps
+ * an LRU hash lookup per pass off the path of every request the kernel routes */
+static __always_inline int sm_msg_to_user(struct sk_msg_md *msg, __u32 reason)
+{
+	struct sm_sock_key key = {};
+	struct sm_client *cl = sm_msg_client(msg, &key);
+	if (!cl)
+		return SK_PASS;
+	return sm_to_user(cl, reason);
+}
+
 int sm_sk_msg(struct sk_msg_md *msg)
 {
 	struct sm_sock_key key = {};
@@ -135,14 +147,12 @@ int sm_sk_msg(struct sk_msg_md *msg)
 
 int sm_msg_parse(struct sk_msg_md *msg)
 {
-	struct sm_sock_key key = {};
-	struct sm_client *cl = sm_msg_client(msg, &key);
 	__u32 zero = 0;
 	struct sm_scratch *s = sm_scratch_v1.lookup(&zero);
-	if (!cl || !s)
+	if (!s)
 		return SK_PASS;
 	if (!sm_scratch_mine(s))
-		return sm_to_user(cl, SM_R_SCRATCH);
+		return sm_msg_to_user(msg, SM_R_SCRATCH);
 	__u32 start = s->p.pos;
 	__u32 n = s->p.n;
 	for (__u32 k = 0; k < SM_PARSE_STEP; k++) {
@@ -154,14 +164,14 @@ int sm_msg_parse(struct sk_msg_md *msg)
 		s->p.pos = i + 1;
 	}
 	if (s->p.bad)
-		return sm_to_user(cl, s->p.bad);
+		return sm_msg_to_user(msg, s->p.bad);
 	if (s->p.st != SM_S_DONE) {
 		if (s->p.pos < n) {
 			sm_msgprogs_v1.call(msg, SM_TAIL_PARSE);
-			return sm_to_user(cl, SM_R_LIMIT);
+			return sm_msg_to_user(msg, SM_R_LIMIT);
 		}
 		if (msg->size >= SM_REQ_BUF)
-			return sm_to_user(cl, SM_R_PARSE_LIMIT);
+			return sm_msg_to_user(msg, SM_R_PARSE_LIMIT);
 		/* head spans writes: hold the bytes and run again when more arrive */
 		bpf_msg_cork_bytes(msg, msg->size + 1);
 		sm_count(SM_R_CORKED);
@@ -170,17 +180,21 @@ int sm_msg_parse(struct sk_msg_md *msg)
 	if (s->p.chunked) {
 		/* RFC 9112: only "chunked" is framed here, and never together with a length */
 		if (s->p.chunked != 1 || s->p.has_cl)
-			return sm_to_user(cl, SM_R_CHUNKED_REQ);
+			return sm_msg_to_user(msg, SM_R_CHUNKED_REQ);
+		struct sm_sock_key key = {};
+		struct sm_client *cl = sm_msg_client(msg, &key);
+		if (!cl)
+			return SK_PASS;
 		__builtin_memset(&cl->chunk, 0, sizeof(cl->chunk));
 		cl->chunk.phase = SM_P_CSIZE;
 		s->p.coff = s->p.end;
 		s->p.cpasses = 0;
 		s->p.cmode = 0;
 		sm_msgprogs_v1.call(msg, SM_TAIL_CHUNKS);
-		return sm_to_user(cl, SM_R_LIMIT);
+		return sm_msg_to_user(msg, SM_R_LIMIT);
 	}
 	sm_msgprogs_v1.call(msg, SM_TAIL_ROUTE);
-	return sm_to_user(cl, SM_R_LIMIT);
+	return sm_msg_to_user(msg, SM_R_LIMIT);
 }
 
 /* Frames a chunked request body: in the first message from the end of the head (then
@@ -302,33 +316,31 @@ int sm_msg_route(struct sk_msg_md *msg)
 
 int sm_msg_rules(struct sk_msg_md *msg)
 {
-	struct sm_sock_key key = {};
-	struct sm_client *cl = sm_msg_client(msg, &key);
 	__u32 zero = 0;
 	struct sm_scratch *s = sm_scratch_v1.lookup(&zero);
-	if (!cl || !s)
+	if (!s)
 		return SK_PASS;
 	if (!sm_scratch_mine(s))
-		return sm_to_user(cl, SM_R_SCRATCH);
+		return sm_msg_to_user(msg, SM_R_SCRATCH);
 	__u32 reason = SM_R_NO_ROUTE;
 	__u32 vh_id = s->p.vh;
 	struct sm_vhost *vh = sm_vhosts_v1.lookup(&vh_id);
 	if (!vh)
-		return sm_to_user(cl, SM_R_NO_ROUTE);
+		return sm_msg_to_user(msg, SM_R_NO_ROUTE);
 	__u32 ridx = sm_match_rules(s, vh, &reason);
 	if (!ridx)
-		return sm_to_user(cl, reason);
+		return sm_msg_to_user(msg, reason);
 	ridx -= 1;
 	struct sm_rule *r = sm_rules_v1.lookup(&ridx);
 	if (!r)
-		return sm_to_user(cl, SM_R_NO_ROUTE);
+		return sm_msg_to_user(msg, SM_R_NO_ROUTE);
 	__u32 cluster_id = sm_rule_cluster(r, &reason);
 	if (!cluster_id)
-		return sm_to_user(cl, reason);
+		return sm_msg_to_user(msg, reason);
 	s->p.cluster_id = cluster_id;
 	s->p.rule_id = r->rule_id;
 	sm_msgprogs_v1.call(msg, SM_TAIL_DISPATCH);
-	return sm_to_user(cl, SM_R_LIMIT);
+	return sm_msg_to_user(msg, SM_R_LIMIT);
 }
 
 int sm_msg_dispatch(struct sk_msg_md *msg)
@@ -409,33 +421,29 @@ int sm_msg_dispatch(struct sk_msg_md *msg)
 
 int sm_msg_lr_sum(struct sk_msg_md *msg)
 {
-	struct sm_sock_key key = {};
-	struct sm_client *cl = sm_msg_client(msg, &key);
 	__u32 zero = 0;
 	struct sm_scratch *s = sm_scratch_v1.lookup(&zero);
-	if (!cl || !s)
+	if (!s)
 		return SK_PASS;
 	if (!sm_scratch_mine(s))
-		return sm_to_user(cl, SM_R_SCRATCH);
+		return sm_msg_to_user(msg, SM_R_SCRATCH);
 	s->p.lr_total = sm_lr_total(s->p.cluster_id);
 	sm_msgprogs_v1.call(msg, SM_TAIL_LRPICK);
-	return sm_to_user(cl, SM_R_LIMIT);
+	return sm_msg_to_user(msg, SM_R_LIMIT);
 }
 
 int sm_msg_lr_pick(struct sk_msg_md *msg)
 {
-	struct sm_sock_key key = {};
-	struct sm_client *cl = sm_msg_client(msg, &key);
 	__u32 zero = 0;
 	struct sm_scratch *s = sm_scratch_v1.lookup(&zero);
-	if (!cl || !s)
+	if (!s)
 		return SK_PASS;
 	if (!sm_scratch_mine(s))
-		return sm_to_user(cl, SM_R_SCRATCH);
+		return sm_msg_to_user(msg, SM_R_SCRATCH);
 	__u32 ep = sm_lr_pick(s->p.cluster_id, s->p.lr_total);
 	if (!ep)
-		return sm_to_user(cl, SM_R_NO_HOST);
+		return sm_msg_to_user(msg, SM_R_NO_HOST);
 	s->p.ep_id = ep;
 	sm_msgprogs_v1.call(msg, SM_TAIL_DISPATCH);
-	return sm_to_user(cl, SM_R_LIMIT);
+	return sm_msg_to_user(msg, SM_R_LIMIT);
 }
