@@ -332,6 +332,16 @@ def profile_lines(r: dict[str, Any], top: int = 6) -> list[str]:
             f"rate: {mech}{split['bpf_us']:.2f} us runs in sockmesh's BPF programs, "
             f"{split['rest_us']:+.1f} us is the rest (costs of the programs not counted as "
             "their run time, and noise)")
+    l4 = r.get("low_rate_l4")
+    if l4:
+        direct = r["scenarios"]["direct"]["low_rate"]
+        lines.append(
+            f"- the alternative, the endpoint chosen at connect time (an L4 service on the same "
+            f"backend: connect4 rewrites the connection to it, no redirect, no per-request "
+            f"routing) adds {l4['p50_us'] - direct['p50_us']:+.1f} us p50 and "
+            f"{l4['p99_us'] - direct['p99_us']:+.1f} us p99 at the low rate: what per-request "
+            "routing on the application's own connection costs over it is the sockmap "
+            "mechanism plus sockmesh's programs")
     rr = {row["scenario"]: row for row in rr_rows(r)}
     if rr:
         lines.append("- round robin over the backends instead of direct's one backend costs "
@@ -517,6 +527,27 @@ def update_readme(readme: Path, r: dict[str, Any]) -> None:
     readme.write_text(text)
 
 
+def _low_rate_client(meth: dict[str, Any]) -> str:
+    """How the low-rate requests were sent and timed."""
+    if not meth.get("low_rate_paired"):
+        return (f"- Low-rate latency: wrk with a Lua `delay()` of {meth['pace_ms']} ms per "
+                f"request on 1 connection (about {meth['pace_rps']:,} req/s offered; wrk2 is "
+                f"not packaged), {meth['low_rate_s']:g} s per round, one scenario after the "
+                "other; p50/p90/p99 from wrk's histogram. ")
+    return (f"- Low-rate latency, paired (integration/bench/paired.py): one client on CPU "
+            f"{meth['client_cpu']}, in the datapath's cgroup, holds one keep-alive connection "
+            f"per scenario and sends blocks of {meth['low_rate_block_warmup']} untimed and "
+            f"{meth['low_rate_block']} timed requests, one scenario's block after the "
+            f"other's, each request {meth['pace_ms']} ms after the previous answer (within a "
+            f"block a scenario runs as a paced wrk connection would, about "
+            f"{meth['pace_rps']:,} req/s); {meth['low_rate_requests']:,} timed requests per "
+            "scenario per round; p50/p90/p99 from every request's own time. The blocks are "
+            "short (a fraction of a second), so every scenario samples the same stretch of "
+            "the shared machine's load instead of the stretch its own run fell in (with "
+            "whole wrk runs one after the other, the added latency of the same build moved "
+            "by tens of microseconds between runs). The saturation runs stay with wrk. ")
+
+
 def _low_rate_method(r: dict[str, Any]) -> str:
     """Which backend each scenario's low-rate runs went to, and why."""
     n = r["method"]["backends"]
@@ -602,10 +633,7 @@ def docs_page(r: dict[str, Any], plots_rel: str, json_rel: str) -> str:
         "warm-up; the proxied scenarios route these runs ROUND_ROBIN over the "
         f"{meth['backends']} backends (the bare relay: its pooled connections spread over "
         "them), direct calls one backend."),
-        (f"- Low-rate latency: wrk with a Lua `delay()` of {meth['pace_ms']} ms per request on "
-        f"1 connection (about {meth['pace_rps']:,} req/s offered; wrk2 is not packaged), "
-        f"{meth['low_rate_s']:g} s per round; p50/p90/p99 from wrk's histogram. "
-        + _low_rate_method(r)),
+        (_low_rate_client(meth) + _low_rate_method(r)),
         (f"- Rounds: {meth['rounds']}, the scenarios interleaved; each figure is the median "
         "over rounds."),
         ("- CPU: /proc/stat deltas over each saturation run, all CPUs, user + system + irq + "

@@ -6,6 +6,9 @@ Two routes, as Envoy's bench listeners have them (integration/bench/proxies.py):
 the spread cost); ``KERNEL_ONE_VIP``/``SLOW_ONE_VIP`` route it to ``bench-one``, whose only
 endpoint is the first backend, the one the direct scenario calls (the low-rate latency runs
 the targets use, so they compare the proxy's cost on the same backend work).
+``L4_ONE_VIP`` is a TCP service (tcp_proxy) on ``bench-one``: connect4 picks the endpoint at
+connect time and rewrites the connection to it, so its requests take no redirect at all
+(the alternative to per-request routing, measured beside it at the low rate).
 The slow-path services' rules carry a ``needs_slow_path`` field, so sk_msg hands each of
 their requests to the agent's user-space path (counted as ``route_user``), which routes them
 with the same tables.
@@ -35,6 +38,7 @@ KERNEL_VIP = ("127.10.9.1", 8090)
 SLOW_VIP = ("127.10.9.2", 8090)
 KERNEL_ONE_VIP = ("127.10.9.3", 8090)
 SLOW_ONE_VIP = ("127.10.9.4", 8090)
+L4_ONE_VIP = ("127.10.9.5", 8090)
 CLUSTER = "bench"
 ONE_CLUSTER = "bench-one"
 FORCED = "bench: forced slow path"
@@ -58,8 +62,9 @@ def bench_tables(endpoints: Sequence[tuple[str, int]], extra_rules: Sequence[Rul
               "bench-kernel-one": (KERNEL_ONE_VIP, False, ONE_CLUSTER, ()),
               "bench-slow-one": (SLOW_ONE_VIP, True, ONE_CLUSTER, ())}
     return Tables(
-        services=tuple(Service(*vip, ServiceKind.HTTP, route_table=name)
-                       for name, (vip, _, _, _) in routes.items()),
+        services=(*(Service(*vip, ServiceKind.HTTP, route_table=name)
+                    for name, (vip, _, _, _) in routes.items()),
+                  Service(*L4_ONE_VIP, ServiceKind.TCP, cluster=ONE_CLUSTER)),
         route_tables={name: _table(name, slow, cluster, extra)
                       for name, (_, slow, cluster, extra) in routes.items()},
         clusters={CLUSTER: Cluster(CLUSTER, LbPolicy.ROUND_ROBIN,

@@ -4,20 +4,22 @@ Scenarios in one run (details in integration/bench/ and docs/benchmarks.md): dir
 sockmap mechanism alone (a bare relay of the two redirects the kernel path makes,
 integration/bench/floor.py), the sockmesh kernel path, the sockmesh slow path, Envoy as one
 hop, an Envoy sidecar pair; then control-plane figures and memory with an Istio-sized
-config.  Saturation runs go ROUND_ROBIN over the three backends; the paced low-rate runs
-(the latency targets) go to the one backend the direct scenario calls, so the added latency
-is the proxy's own; the kernel path and Envoy one hop also get a paced run over the three
-backends (``low_rate_rr``: what spreading requests costs the backends, reported beside
-it).  Writes ``bench.json`` and PNG
-plots to ``--out``, prints ratios against direct and against Envoy and every target as
+config.  Saturation runs (wrk) go ROUND_ROBIN over the three backends.  The low-rate
+latency (the latency targets) is measured once per round by one paced client whose
+requests alternate over a connection per scenario (integration/bench/paired.py), each to
+the one backend the direct scenario calls, so the added latency is the proxy's own and
+every scenario sees the same moment's machine; the kernel path and Envoy one hop also get a
+connection over the three backends (``low_rate_rr``: what spreading requests costs the
+backends, reported beside it).  Writes ``bench.json`` and PNG plots to ``--out``, prints ratios against direct and against Envoy and every target as
 MET/MISSED.  ``--docs``/``--readme`` regenerate docs/benchmarks.md and the README's summary
 from the JSON (``--from-json`` does only that, from an earlier run).
 
 Safety: the datapath is attached only to a child cgroup created here
-(``sockmesh-bench-<pid>``), holding only the wrk processes of the sockmesh scenarios, and
-the bare relays only to others (``sockmesh-bench-floor-<pid>``, and
-``sockmesh-bench-floor-one-<pid>`` for the one-backend relay) holding only their wrk; all
-traffic is on 127.0.0.0/8; every load run is bounded by wrk's ``-d`` and a timeout; what was
+(``sockmesh-bench-<pid>``), holding only the wrk processes of the sockmesh scenarios and the
+paired low-rate client, and the bare relay only to another (``sockmesh-bench-floor-<pid>``)
+holding only its wrk (the low-rate relay has no cgroup: it is handed the paired client's
+connection by descriptor); all traffic is on 127.0.0.0/8; every load run is bounded by
+wrk's ``-d``, a request count and a timeout; what was
 started is stopped by PID, programs detached, pins and cgroups removed, also on failure,
 Ctrl-C or SIGTERM.
 """
@@ -46,7 +48,6 @@ from integration.preflight import BPFFS, missing_for_datapath
 
 PREFIX = "sockmesh-bench"
 FLOOR_PREFIX = f"{PREFIX}-floor"  # the bare relay's own cgroup (its sockops program)
-FLOOR_ONE_PREFIX = f"{PREFIX}-floor-one"  # the one-backend bare relay's (low-rate runs)
 PKG_ROOT = str(Path(integration.__file__).resolve().parents[1])
 CLIENT_CPU, SERVER_CPU = "1", "0"
 N_BACKENDS = 3
@@ -55,6 +56,11 @@ PACE_MS = 1
 BACKGROUND_WINDOW_S = 1.0
 ON_DATAPATH = ("kernel", "slow")  # scenarios whose clients the datapath serves
 LOW_RATE_RR = ("kernel", "envoy")  # also a paced run over every backend (low_rate_rr)
+LOW_RATE_BLOCK, LOW_RATE_BLOCK_WARM = 100, 10  # paired low rate: timed requests per block
+# and untimed ones before them (integration/bench/paired.py)
+RR = "_rr"  # a paired low-rate target's name suffix: the saturation route, round robin
+L4 = "l4"  # the paired low-rate target of the L4 service on direct's backend
+LOW_RATE_PER_S = 200  # paired low-rate requests per scenario per second of --low time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,10 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Benchmark sockmesh against a direct connection and Envoy: direct, the bare sockmap "
         "relay, the kernel path, the slow path, Envoy one hop and an Envoy sidecar pair. "
-        "Saturation runs go ROUND_ROBIN over three nginx backends; the paced low-rate "
-        "latency runs (the added-latency targets) go to the direct scenario's one backend; "
-        "the kernel path and Envoy one hop are also paced over the three backends "
-        "(reported beside, not used by the targets).")
+        "Saturation runs (wrk) go ROUND_ROBIN over three nginx backends. The low-rate "
+        "latency (the added-latency targets) comes from one paced client whose requests "
+        "alternate over a connection per scenario, each to the direct scenario's one "
+        "backend; the kernel path and Envoy one hop also get a connection over the three "
+        "backends (reported beside, not used by the targets).")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: short runs, one round, fewer control-plane updates "
                              "(well under 3 minutes)")
@@ -182,6 +189,53 @@ class Bench:
         self.budget_s = 5.0 if self.quick else 60.0  # per control-plane series
         self.t0 = time.monotonic()
         self.notes: list[str] = []
+        self.l4_low: list[dict[str, Any]] = []  # the L4 alternative's low-rate runs
+
+    def _paired_low_rate(self, rnd: int, targets: dict[str, tuple[str, int]], body: bytes,
+                         n: int, backend: tuple[str, int], dp: Any, spawn: Any,
+                         recs: dict[str, dict[str, Any]]) -> None:
+        """This round's low-rate figures: one paced client, its requests interleaved over
+        every scenario's one-backend target, the round-robin ones and a bare relay to
+        ``backend`` (integration/bench/paired.py), into ``recs``."""
+        from integration.bench import paired
+        from integration.bench.floor import BareRelay
+
+        # a relay of its own for each run: nginx closes a connection that has not carried a
+        # request within its client_header_timeout (60 s), and the relay never replaces one
+        relay = BareRelay(None, [backend], 1)
+        targets = {"floor": ("127.0.0.1", relay.port), **targets}
+        self.say(f"round {rnd + 1}: low rate, {n} requests per scenario in blocks of "
+                 f"{LOW_RATE_BLOCK} over {len(targets)} connections in turn, {PACE_MS} ms "
+                 "before each")
+        try:
+            before = dp.counters()
+            low = paired.run(spawn, targets, body, requests=n, pace_ms=PACE_MS,
+                             cpu=CLIENT_CPU, relay=relay, block=LOW_RATE_BLOCK,
+                             block_warm=LOW_RATE_BLOCK_WARM)
+        finally:
+            relay.close()
+        moved = {c: v - before.get(c, 0) for c, v in dp.counters().items()
+                 if v != before.get(c, 0)}
+        blocks = -(-n // LOW_RATE_BLOCK)
+        sent = 2 * blocks * (LOW_RATE_BLOCK + LOW_RATE_BLOCK_WARM)  # the kernel's two targets
+        self.l4_low.append(low[L4])
+        for name, rec in recs.items():
+            rec["low_rate"] = low[name]
+            if name in LOW_RATE_RR:
+                rec["low_rate_rr"] = low[name + RR]
+            if name in ON_DATAPATH:
+                # one run for both datapath scenarios: the kernel scenario's requests (one
+                # backend and round robin) are the ones the kernel routed ("fast"), the slow
+                # scenario's the hand-offs
+                rec["counters_low_rate"] = moved
+                rec["fast_share_low_rate"] = (min(1.0, moved.get("fast", 0) / sent)
+                                              if name == "kernel" else
+                                              fast_path_share({**moved, "fast": 0}))
+            else:
+                rec["fast_share_low_rate"] = None
+        self.say("    p50 " + ", ".join(f"{k} {v['p50_us']:.1f}" for k, v in low.items())
+                 + " us; p99 " + ", ".join(f"{k} {v['p99_us']:.0f}" for k, v in low.items())
+                 + " us")
 
     def _program_profile(self, url: str, spawn: Any) -> dict[str, Any]:
         from integration.bench.load import run_wrk
@@ -208,12 +262,13 @@ class Bench:
 
     def main(self) -> dict[str, Any]:
         from bpf.datapath import Datapath
-        from integration.bench import control, nginx, proxies
+        from integration.bench import control, nginx, paired, proxies
         from integration.bench.floor import BareRelay
         from integration.bench.load import measured_round, wrk_binary
         from integration.bench.scenarios import (
             KERNEL_ONE_VIP,
             KERNEL_VIP,
+            L4_ONE_VIP,
             SLOW_ONE_VIP,
             SLOW_VIP,
             bench_tables,
@@ -236,7 +291,11 @@ class Bench:
                        "warmup_s": self.warm_s, "rounds": self.rounds, "pace_ms": PACE_MS,
                        "pace_rps": 1000 // PACE_MS, "client_cpu": CLIENT_CPU,
                        "server_cpu": SERVER_CPU,
-                       "low_rate_client": "wrk + Lua delay() pacing, 1 connection",
+                       "low_rate_client": "paired: one client, requests interleaved over a "
+                                          "connection per scenario, a pause before each",
+                       "low_rate_paired": True, "low_rate_block": LOW_RATE_BLOCK,
+                       "low_rate_block_warmup": LOW_RATE_BLOCK_WARM,
+                       "low_rate_requests": int(self.low_s * LOW_RATE_PER_S),
                        # low_rate: every scenario to the direct scenario's backend;
                        # low_rate_rr: these scenarios also over every backend
                        "low_rate_one_backend": True, "low_rate_rr": list(LOW_RATE_RR)},
@@ -244,13 +303,11 @@ class Bench:
         }
         self.say(f"sockmesh bench ({'quick' if self.quick else 'full'}): load average "
                  f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-        for path in (cgroups.sweep(PREFIX) + cgroups.sweep(FLOOR_PREFIX)
-                     + cgroups.sweep(FLOOR_ONE_PREFIX)):
+        for path in cgroups.sweep(PREFIX) + cgroups.sweep(FLOOR_PREFIX):
             self.say(f"removed leftover {path} of an earlier run")
         work = Path(tempfile.mkdtemp(prefix="sockmesh-bench-"))
         cg: Path | None = None
         cg_floor: Path | None = None
-        cg_floor_one: Path | None = None
         dp: Datapath | None = None
         relays: list[BareRelay] = []
         backends: list[nginx.Nginx] = []
@@ -272,11 +329,9 @@ class Bench:
             self.say(f"datapath attached to {cg} (pins {BPFFS / cg.name})")
             cg_floor = cgroups.create(FLOOR_PREFIX)
             relays.append(BareRelay(cg_floor, eps, CONNECTIONS))
-            cg_floor_one = cgroups.create(FLOOR_ONE_PREFIX)
-            relays.append(BareRelay(cg_floor_one, eps[:1], 1))
             self.say(f"bare relay (the sockmap mechanism alone) attached to {cg_floor}, "
                      f"{CONNECTIONS} pooled connections over the {N_BACKENDS} backends; "
-                     f"for the low-rate runs, one to the first backend, on {cg_floor_one}")
+                     "for the low-rate runs, one to the first backend, made for each run")
             # the datapath's own threads (pool maintenance, splice listener) while idle: a
             # cost every scenario below carries, direct included
             p0, w0 = time.process_time(), time.monotonic()
@@ -318,10 +373,6 @@ class Bench:
                 assert cg_floor is not None
                 return cgroups.spawn_in(argv, cg_floor, **kw)
 
-            def in_floor_one(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
-                assert cg_floor_one is not None
-                return cgroups.spawn_in(argv, cg_floor_one, **kw)
-
             def vip(addr: tuple[str, int]) -> str:
                 return f"http://{addr[0]}:{addr[1]}/"
 
@@ -329,7 +380,8 @@ class Bench:
                 return f"http://127.0.0.1:{_port(e, listener)}/"
 
             # name -> the saturation (and low_rate_rr) URL and how to start its client; the
-            # low-rate URL (the same route to the direct scenario's backend) and its starter
+            # low-rate target (the same route to the direct scenario's backend), which the
+            # paired client calls from the datapath's cgroup
             urls: dict[str, tuple[str, Any]] = {
                 "direct": (f"http://127.0.0.1:{eps[0][1]}/", None),
                 "floor": (relays[0].url, in_floor),
@@ -338,51 +390,52 @@ class Bench:
                 "envoy": (envoy_url(hop, proxies.LISTENER), None),
                 "sidecars": (envoy_url(client_sc, proxies.LISTENER), None),
             }
-            low_urls: dict[str, tuple[str, Any]] = {
-                "direct": urls["direct"],
-                "floor": (relays[1].url, in_floor_one),
-                "kernel": (vip(KERNEL_ONE_VIP), in_cgroup),
-                "slow": (vip(SLOW_ONE_VIP), in_cgroup),
-                "envoy": (envoy_url(hop, proxies.ONE_LISTENER), None),
-                "sidecars": (envoy_url(client_sc, proxies.ONE_LISTENER), None),
+            low_targets: dict[str, tuple[str, int]] = {
+                "direct": eps[0],
+                "kernel": KERNEL_ONE_VIP,
+                "slow": SLOW_ONE_VIP,
+                "envoy": ("127.0.0.1", _port(hop, proxies.ONE_LISTENER)),
+                "sidecars": ("127.0.0.1", _port(client_sc, proxies.ONE_LISTENER)),
+                # the saturation route, ROUND_ROBIN over every backend (low_rate_rr)
+                "kernel" + RR: KERNEL_VIP,
+                "envoy" + RR: ("127.0.0.1", _port(hop, proxies.LISTENER)),
+                # the alternative design: endpoint chosen at connect, no per-request routing
+                L4: L4_ONE_VIP,
             }
+            body = paired.response_body(eps[0])
+            low_n = results["method"]["low_rate_requests"]  # per scenario and round
             rounds: dict[str, list[dict[str, Any]]] = {k: [] for k in urls}
             n_runs = self.rounds * len(urls)
             k = 0
             for rnd in range(self.rounds):
                 for name, (url, spawn) in urls.items():
                     k += 1
-                    rr = name in LOW_RATE_RR
                     self.say(f"[{k}/{n_runs}] round {rnd + 1}: {name}: warm-up, "
-                             f"{self.sat_s:g} s at {CONNECTIONS} connections, "
-                             f"{self.low_s:g} s paced to one backend"
-                             + (f", {self.low_s:g} s paced round robin" if rr else ""))
+                             f"{self.sat_s:g} s at {CONNECTIONS} connections")
                     rec = measured_round(
                         url, spawn=spawn, connections=CONNECTIONS, seconds=self.sat_s,
                         warm_s=self.warm_s, low_s=self.low_s, pace_ms=PACE_MS, cpu=CLIENT_CPU,
                         workdir=work, background_s=BACKGROUND_WINDOW_S,
                         counters=dp.counters if name in ON_DATAPATH else None,
-                        low=low_urls[name], low_on_url_too=rr)
+                        paced=False)
                     on_dp = name in ON_DATAPATH
                     rec["fast_share"] = fast_path_share(rec["counters"]) if on_dp else None
-                    rec["fast_share_low_rate"] = (fast_path_share(rec["counters_low_rate"])
-                                                  if on_dp else None)
-                    sat, low = rec["saturation"], rec["low_rate"]
-                    errors = sum(rec[part]["errors"] for part in
-                                 ("saturation", "low_rate", "low_rate_rr") if part in rec)
-                    if errors:
-                        self.notes.append(f"{name} round {rnd + 1}: wrk saw {errors} errors")
+                    sat = rec["saturation"]
+                    if sat["errors"]:
+                        self.notes.append(f"{name} round {rnd + 1}: wrk saw {sat['errors']} "
+                                          "errors")
                     rounds[name].append(rec)
-                    paced_rr = (f" (round robin p50 {rec['low_rate_rr']['p50_us']:.1f} us p99 "
-                                f"{rec['low_rate_rr']['p99_us']:.1f} us)" if rr else "")
-                    self.say(f"    {sat['rps']:,.0f} req/s, p50 {sat['p50_us']:.0f} us; paced "
-                             f"p50 {low['p50_us']:.1f} us p99 {low['p99_us']:.1f} us{paced_rr}; "
+                    self.say(f"    {sat['rps']:,.0f} req/s, p50 {sat['p50_us']:.0f} us; "
                              f"{rec['cpu_s_per_10k']:.3f} CPU s/10k; CPUs busy "
                              + "/".join(f"{x:.0%}" for x in rec["cpu_busy_share"])
                              + (f"; kernel share {rec['fast_share']:.1%}"
                                 if rec["fast_share"] is not None else ""))
+                self._paired_low_rate(rnd, low_targets, body, low_n, eps[0], dp,
+                                      in_cgroup, {n: r[-1] for n, r in rounds.items()})
             for name, recs in rounds.items():
                 results["scenarios"][name] = _aggregate(recs)
+            results["low_rate_l4"] = {
+                k: _median([x[k] for x in self.l4_low]) for k in ("p50_us", "p90_us", "p99_us")}
             for name in ("kernel", "slow"):
                 url, spawn = urls[name]
                 self.say(f"{name}: one more {self.sat_s:g} s run with kernel.bpf_stats_enabled"
@@ -425,7 +478,7 @@ class Bench:
                 dp.close()
             for b in backends:
                 b.stop()
-            for group in (cg, cg_floor, cg_floor_one):
+            for group in (cg, cg_floor):
                 if group is None:
                     continue
                 pin = BPFFS / group.name

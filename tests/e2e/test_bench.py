@@ -83,8 +83,11 @@ def test_quick_run_is_bounded_and_complete(quick_run: tuple[Path, str, float]) -
     assert r["scenarios"]["slow"]["fast_share"] < 0.1
     assert r["scenarios"]["slow"]["rounds"][0]["counters"].get("route_user", 0) > 0
     assert r["scenarios"]["kernel"]["fast_share_low_rate"] > 0.9
-    rr_counters = r["scenarios"]["kernel"]["rounds"][0]["counters_low_rate_rr"]
-    assert rr_counters.get("fast", 0) > 0  # the round-robin paced run went through the kernel
+    assert r["method"]["low_rate_paired"]
+    assert 0 < r["low_rate_l4"]["p50_us"] <= r["low_rate_l4"]["p99_us"]
+    low_counters = r["scenarios"]["kernel"]["rounds"][0]["counters_low_rate"]
+    # the paired run's kernel requests (one backend and round robin) went through the kernel
+    assert low_counters.get("fast", 0) >= 2 * r["method"]["low_rate_requests"]
     assert {row["scenario"] for row in report.rr_rows(r)} == {"kernel", "envoy"}
     assert "ROUND_ROBIN over the 3 backends" in stdout
     assert r["scenarios"]["floor"]["fast_share"] is None  # the bare relay is not sockmesh

@@ -239,3 +239,20 @@ def test_an_older_run_without_the_one_backend_runs_regenerates_and_says_so(
         "saturation route" in page
     assert "round robin (us)" not in page and "one backend (us)" not in page
     assert "a second relay" not in page  # that run had none
+
+
+def test_a_paired_run_says_how_its_low_rate_was_measured_and_shows_the_l4_alternative(
+        ) -> None:
+    r = _with_round_robin(kernel_rr_p50=75.0, envoy_rr_p50=160.0)
+    page = report.docs_page(r, "benchmarks", "benchmarks/bench.json")
+    assert "wrk with a Lua `delay()`" in page and "Low-rate latency, paired" not in page
+    assert not any("the alternative" in ln for ln in report.profile_lines(r))
+    r["method"].update({"low_rate_paired": True, "low_rate_block": 100,
+                        "low_rate_block_warmup": 10, "low_rate_requests": 1000})
+    r["low_rate_l4"] = {"p50_us": 51.5, "p90_us": 80.0, "p99_us": 97.0}
+    page = report.docs_page(r, "benchmarks", "benchmarks/bench.json")
+    assert "Low-rate latency, paired" in page and "wrk with a Lua `delay()`" not in page
+    assert "blocks of 10 untimed and 100 timed requests" in page and "1,000 timed" in page
+    l4 = [ln for ln in report.profile_lines(r) if "the alternative" in ln]
+    # over direct's 50 / 100 us
+    assert len(l4) == 1 and "adds +1.5 us p50 and -3.0 us p99" in l4[0]

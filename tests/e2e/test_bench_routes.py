@@ -1,12 +1,14 @@
-"""The bench's two routes reach the backends the report says they do: on real nginx
-backends, through a real Envoy (integration/bench/proxies.py), the real sockmesh datapath
-with the bench's tables (integration/bench/scenarios.py) and the one-backend bare relay
-(integration/bench/floor.py), each request's ``x-backend`` header names the nginx that
-answered.  The low-rate route reaches only the direct scenario's backend (``nginx-1``); the
-saturation route reaches all three, as ROUND_ROBIN does.
+"""The bench's routes reach the backends the report says they do: on real nginx backends,
+through a real Envoy (integration/bench/proxies.py) and the real sockmesh datapath with the
+bench's tables (integration/bench/scenarios.py), each request's ``x-backend`` header names
+the nginx that answered.  The low-rate routes (HTTP and the L4 service) reach only the direct
+scenario's backend (``nginx-1``); the saturation route reaches all three, as ROUND_ROBIN
+does.  The paired low-rate client (integration/bench/paired.py) times every target it is
+given, the one-backend bare relay (integration/bench/floor.py, paired by descriptor)
+included.
 
-Safety: the datapath and the relay are attached only to child cgroups created here, holding
-only the client started here; traffic is on 127.0.0.0/8; every client run is bounded.
+Safety: the datapath is attached only to a child cgroup created here, holding only the
+clients started here; traffic is on 127.0.0.0/8; every client run is bounded.
 """
 
 from __future__ import annotations
@@ -22,8 +24,14 @@ from typing import Any
 
 import pytest
 
-from integration.bench import nginx, proxies
-from integration.bench.scenarios import KERNEL_ONE_VIP, KERNEL_VIP, SLOW_ONE_VIP, bench_tables
+from integration.bench import nginx, paired, proxies
+from integration.bench.scenarios import (
+    KERNEL_ONE_VIP,
+    KERNEL_VIP,
+    L4_ONE_VIP,
+    SLOW_ONE_VIP,
+    bench_tables,
+)
 
 N = 30  # requests per route, on one keep-alive connection (a multiple of the 3 backends)
 # one keep-alive connection, N GETs of /, the x-backend header of each response as JSON
@@ -104,13 +112,22 @@ def test_sockmesh_services_and_the_one_backend_relay(eps: list[tuple[str, int]])
             after = dp.counters()  # the slow-path service was routed in user space
             assert after["fast"] == before["fast"] and after["route_user"] > before["route_user"]
             assert backends_seen(KERNEL_VIP, in_cg) == ALL_THREE
+            assert backends_seen(L4_ONE_VIP, in_cg) == DIRECTS_ONLY  # connect4 chose it
+
+            relay = BareRelay(None, eps[:1], 1)
+            targets = {"direct": eps[0], "floor": ("127.0.0.1", relay.port),
+                       "kernel": KERNEL_ONE_VIP, "l4": L4_ONE_VIP}
+            try:
+                before = dp.counters()
+                low = paired.run(in_cg, targets, paired.response_body(eps[0]), requests=20,
+                                 pace_ms=0, cpu=None, relay=relay, block=10, block_warm=2)
+                after = dp.counters()
+            finally:
+                relay.close()
+            assert set(low) == set(targets)
+            for name, w in low.items():
+                assert w["requests"] == 20 and 0 < w["p50_us"] <= w["p99_us"], (name, w)
+            assert after["fast"] - before["fast"] == 2 * (10 + 2)  # the kernel target's
         finally:
             dp.close()
             shutil.rmtree(pin_dir_for(cg), ignore_errors=True)
-    with test_cgroup() as cg:
-        relay = BareRelay(cg, eps[:1], 1)
-        try:
-            assert backends_seen(("127.0.0.1", relay.port),
-                                 lambda argv, **kw: spawn_in(argv, cg, **kw)) == DIRECTS_ONLY
-        finally:
-            relay.close()
