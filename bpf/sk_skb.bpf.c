@@ -10,6 +10,15 @@
  * that sent the request; when the response is complete the slot goes back to idle and the
  * endpoint's active-request count drops.
  *
+ * What the redirect costs, and why it stays: the kernel delivers every sk_skb redirect into
+ * another socket from that socket's sk_psock backlog worker (a kworker wake-up per response),
+ * not inline.  At a low request rate that hand-off alone adds about as much latency as the
+ * issue's whole budget (a tenth of what Envoy adds); the bench measures it beside sockmesh
+ * with trivial programs (integration/bench/bare_relay.bpf.c), and the alternative without
+ * any redirect, the endpoint chosen at connect time (an L4 service), adds next to nothing
+ * but cannot route each request of a keep-alive connection, which is the point of this
+ * datapath.  So the design keeps the redirect; see bpf/README.md, "Measured here".
+ *
  * sm_sk_skb (attached) finds the slot and frames a first pass of SM_RESP_STEPS steps (a
  * step: a line's first bytes, up to three words of a skipped line, a header value's word, a
  * byte, or a body run); sm_skb_frame (tail-called) frames the further passes an skb needs,
