@@ -220,7 +220,7 @@ def _rr_note(r: dict[str, Any]) -> str:
             "consecutive requests over several nginx costs the backends time both proxies "
             "pay and direct does not."
             + (f" Added p50 over direct on these figures, sockmesh vs Envoy: {ratio:.3f} "
-               "(the ratio runs before the one-backend low-rate runs called the target)."
+               "(what the target was computed on before the low-rate runs went to one backend)."
                if ratio
                is not None else ""))
 
