@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes as C
 import json
 import os
 import socket
@@ -46,16 +45,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bpf.datapath import Datapath
-from bpf.limits import limit
 from integration.bench import nginx
 from integration.bench.floor import BareRelay
+from integration.bench.paired import getfd
 from integration.bench.scenarios import KERNEL_VIP, bench_tables
 from integration.bench.system import bpf_program_names, bpf_program_stats, bpf_stats_enabled
 from tests.support.cgroup import pin_dir_for, spawn_in_cgroup, sweep_leftovers, test_cgroup
 
 NAMES = ("direct", "msg_pass", "skb_pass", "bare_relay", "sockmesh")
 REQ = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
-SYS_PIDFD_GETFD = 438
 
 CLIENT = r"""
 import json, os, socket, sys, time
@@ -85,28 +83,19 @@ print(json.dumps([[sorted(x)[len(x) * q // 100] / 1000 for q in (50, 90)] for x 
 
 def one_rep(cg: Path, relay: BareRelay, nport: int, body: bytes, n: int) -> list[list[float]]:
     """One client run over the five connections; [p50, p90] per connection."""
-    libc = C.CDLL(None, use_errno=True)
     direct = ["127.0.0.1", nport]
     targets = [direct, direct, direct, ["127.0.0.1", relay.port], list(KERNEL_VIP)]
     end = b"\r\n\r\n" + body
     proc = spawn_in_cgroup([sys.executable, "-c", CLIENT, json.dumps(targets), str(n),
                             end.decode()], cg, stdout=subprocess.PIPE, stdin=subprocess.PIPE)
     fds: list[int] = []
-    pidfd = -1
     try:
         assert proc.stdout is not None and proc.stdin is not None
         theirs = json.loads(proc.stdout.readline())
-        pidfd = os.pidfd_open(proc.pid)
-        for f in theirs:
-            fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, f, 0)
-            if fd < 0:
-                raise OSError(C.get_errno(), "pidfd_getfd")
-            fds.append(fd)
+        fds.extend(getfd(proc.pid, f) for f in theirs)
         relay.put("fl_pass_cl", 0, fds[1])
         relay.put("fl_pass_pool", 0, fds[2])
         relay.pair(fds[3], 0)  # the relay's one pooled connection
-        with socket.socket(fileno=os.dup(fds[3])) as s:  # what fl_sockops gives its clients
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, limit("RCVBUF"))
         proc.stdin.write(b"\n")
         proc.stdin.flush()
         out, _ = proc.communicate(timeout=600)
@@ -116,8 +105,6 @@ def one_rep(cg: Path, relay: BareRelay, nport: int, body: bytes, n: int) -> list
             proc.wait(10)
         for fd in fds:
             os.close(fd)
-        if pidfd >= 0:
-            os.close(pidfd)
     if proc.returncode != 0:
         raise RuntimeError(f"client failed ({proc.returncode})")
     return json.loads(out.splitlines()[-1])

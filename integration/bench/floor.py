@@ -128,9 +128,11 @@ class BareRelay:
 
     def pair(self, client_fd: int, idx: int) -> None:
         """What fl_sockops does, from user space: pair the connected client socket
-        ``client_fd`` (a connection to :attr:`port`) with pooled connection ``idx``."""
+        ``client_fd`` (a connection to :attr:`port`) with pooled connection ``idx``, and
+        give it sockmesh's receive buffer."""
         with socket.socket(fileno=os.dup(client_fd)) as s:
             cport = int(s.getsockname()[1])
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, limit("RCVBUF"))
         self.bpf["fl_pair"][C.c_uint32(cport)] = C.c_uint32(idx)
         self.bpf["fl_back"][C.c_uint32(self.pool_ports[idx])] = C.c_uint32(cport)
         self.put("fl_cl", cport, client_fd)

@@ -26,8 +26,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bpf.limits import limit
-
 SYS_PIDFD_GETFD = 438
 REQUEST = "GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 
@@ -116,10 +114,8 @@ def run(spawn: Spawn, targets: dict[str, tuple[str, int]], body: bytes, *, reque
             raise RuntimeError("the paired latency client exited before connecting")
         if relay is not None:
             theirs = json.loads(line)[names.index(relay_name)]
-            fds.append(_getfd(proc.pid, theirs))
+            fds.append(getfd(proc.pid, theirs))
             relay.pair(fds[0], 0)
-            with socket.socket(fileno=os.dup(fds[0])) as s:  # what the sockops gives clients
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, limit("RCVBUF"))
         proc.stdin.write(b"\n")
         proc.stdin.flush()
         out, err = proc.communicate(timeout=timeout)
@@ -137,7 +133,8 @@ def run(spawn: Spawn, targets: dict[str, tuple[str, int]], body: bytes, *, reque
             for k, p in zip(names, paths, strict=True)}
 
 
-def _getfd(pid: int, fd: int) -> int:
+def getfd(pid: int, fd: int) -> int:
+    """A copy of process ``pid``'s descriptor ``fd`` (pidfd_getfd)."""
     libc = C.CDLL(None, use_errno=True)
     pidfd = os.pidfd_open(pid)
     try:
