@@ -8,9 +8,10 @@
  * framing or counters: what is left is the cost of the two redirects themselves.
  *
  * fl_sockops (cgroup sock_ops, on the floor's own child cgroup): an established client
- * connection enters fl_cl (or the harness pairs one itself, without sockops) and is paired with the next pooled connection (round robin over
+ * connection enters fl_cl and is paired with the next pooled connection (round robin over
  * the pooled connections the harness put in fl_ctl[1]), and gets the receive buffer
- * sockmesh's sockops gives its clients (FL_RCVBUF = SM_RCVBUF, from the harness).
+ * sockmesh's sockops gives its clients (FL_RCVBUF = SM_RCVBUF, from the harness).  Without
+ * a cgroup the harness pairs a client itself (floor.BareRelay.pair).
  */
 
 /* client local port (host order) -> client socket; carries fl_msg, redirect target of fl_skb */

@@ -65,7 +65,7 @@ class BareRelay:
         self._stop = threading.Event()
         self._cg_fd = -1
         self.pool_ports: list[int] = []
-        self.bpf = BPF(text=SOURCE.read_text(), cflags=[f"-DFL_RCVBUF={limit('RCVBUF')}"])
+        self.bpf = BPF(text=SOURCE.read_bytes(), cflags=[f"-DFL_RCVBUF={limit('RCVBUF')}"])
         try:
             self._start(BPF, cgroup, backends, pool, parser, pass_programs)
         except BaseException:
@@ -96,7 +96,7 @@ class BareRelay:
                      ATTACH_SK_MSG_VERDICT)
         # sockets enter the sockhashes only after the programs are attached (else they
         # would run without them)
-        ports, ctl = b["fl_poolport"], b["fl_ctl"]
+        ports, ctl = b[b"fl_poolport"], b[b"fl_ctl"]
         for i in range(pool):
             s = socket.create_connection(backends[i % len(backends)], timeout=5)
             self._socks.append(s)
@@ -133,8 +133,8 @@ class BareRelay:
         with socket.socket(fileno=os.dup(client_fd)) as s:
             cport = int(s.getsockname()[1])
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, limit("RCVBUF"))
-        self.bpf["fl_pair"][C.c_uint32(cport)] = C.c_uint32(idx)
-        self.bpf["fl_back"][C.c_uint32(self.pool_ports[idx])] = C.c_uint32(cport)
+        self.bpf[b"fl_pair"][C.c_uint32(cport)] = C.c_uint32(idx)
+        self.bpf[b"fl_back"][C.c_uint32(self.pool_ports[idx])] = C.c_uint32(cport)
         self.put("fl_cl", cport, client_fd)
 
     def _accept(self) -> None:
