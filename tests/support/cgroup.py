@@ -34,9 +34,12 @@ def sweep_leftovers() -> None:
                 continue
             if base == BPFFS:
                 shutil.rmtree(path, ignore_errors=True)
-            else:
+                continue
+            # child cgroups first (tests make some: test_agent_exempt's agent/ and app/)
+            for sub in sorted((p for p in path.rglob("*") if p.is_dir()),
+                              key=lambda p: len(p.parts), reverse=True) + [path]:
                 with contextlib.suppress(OSError):
-                    path.rmdir()
+                    sub.rmdir()
 
 
 def _wait_empty(path: Path, deadline: float) -> None:
