@@ -114,19 +114,13 @@ def measured_round(url: str, *, spawn: Spawn | None,
                    connections: int, seconds: float, warm_s: float, low_s: float,
                    pace_ms: int, cpu: str, workdir: Path, background_s: float = 1.0,
                    counters: Callable[[], dict[str, int]] | None = None,
-                   low: tuple[str, Spawn | None] | None = None,
-                   low_on_url_too: bool = False, paced: bool = True) -> dict[str, Any]:
+                   paced: bool = True) -> dict[str, Any]:
     """One scenario's round as ``sockmesh bench`` measures it: a warm-up, the background
     (cores busy without our load over ``background_s``), a saturation run with machine CPU
     from /proc/stat around it, then a paced low-rate run (``low_rate``; ``paced=False``
     leaves it out: ``sockmesh bench`` measures its low rate with integration/bench/paired.py,
     all scenarios interleaved).  ``counters`` (the datapath's) are read around the
-    saturation run and the low-rate run separately.
-
-    ``low`` (url, spawn) sends the paced run elsewhere than ``url`` (``sockmesh bench``: the
-    same route to the direct scenario's one backend); ``low_on_url_too`` then adds a paced
-    run on ``url`` itself (``low_rate_rr``: the saturation route, ROUND_ROBIN over every
-    backend there), with its own counters."""
+    saturation run and the low-rate run separately."""
     from integration.bench.system import CpuSample
 
     run_wrk(url, connections=connections, seconds=warm_s, cpu=cpu, spawn=spawn)
@@ -141,13 +135,10 @@ def measured_round(url: str, *, spawn: Spawn | None,
     c1 = CpuSample.now()
     after = read()
     out: dict[str, Any] = {}
-    after_low = after
     if paced:
-        low_url, low_spawn = low or (url, spawn)
-        out["low_rate"] = run_wrk(low_url, connections=1, seconds=low_s, cpu=cpu,
-                                  spawn=low_spawn, pace_ms=pace_ms, workdir=workdir).to_json()
-        after_low = read()
-        out["counters_low_rate"] = _delta(after, after_low)
+        out["low_rate"] = run_wrk(url, connections=1, seconds=low_s, cpu=cpu, spawn=spawn,
+                                  pace_ms=pace_ms, workdir=workdir).to_json()
+        out["counters_low_rate"] = counter_delta(after, read())
     cpu_s = c1.busy_seconds_since(c0)
     n = max(sat.requests, 1)
     out |= {"saturation": sat.to_json(), "cpu_s": cpu_s,
@@ -155,15 +146,10 @@ def measured_round(url: str, *, spawn: Spawn | None,
             "cpu_busy_share": c1.busy_share_since(c0), "cpu_s_per_10k": cpu_s / n * 1e4,
             "background_cpu_per_s": background,
             "cpu_s_per_10k_net": max(cpu_s - background * (c1.at - c0.at), 0.0) / n * 1e4,
-            "counters": _delta(before, after)}
-    if low_on_url_too:
-        rr = run_wrk(url, connections=1, seconds=low_s, cpu=cpu, spawn=spawn,
-                     pace_ms=pace_ms, workdir=workdir)
-        out["low_rate_rr"] = rr.to_json()
-        out["counters_low_rate_rr"] = _delta(after_low, read())
+            "counters": counter_delta(before, after)}
     return out
 
 
-def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     """The counters that moved between two readings."""
     return {c: v - before.get(c, 0) for c, v in after.items() if v - before.get(c, 0)}

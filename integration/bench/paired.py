@@ -23,8 +23,9 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
 from typing import Any
+
+from integration.bench.load import Spawn
 
 SYS_PIDFD_GETFD = 438
 REQUEST = "GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
@@ -68,9 +69,6 @@ for x, b in zip(lat, busy):
                 "p90_us": x[len(x) * 90 // 100] / 1000, "p99_us": x[len(x) * 99 // 100] / 1000})
 print(json.dumps(out))
 """
-
-Spawn = Callable[..., "subprocess.Popen[bytes]"]
-
 
 def response_body(addr: tuple[str, int]) -> bytes:
     """The body the backend at ``addr`` answers ``GET /`` with (read once, directly)."""

@@ -6,7 +6,8 @@ integration/bench/floor.py), the sockmesh kernel path, the sockmesh slow path, E
 hop, an Envoy sidecar pair; then control-plane figures and memory with an Istio-sized
 config.  Saturation runs (wrk) go ROUND_ROBIN over the three backends.  The low-rate
 latency (the latency targets) is measured once per round by one paced client whose
-requests alternate over a connection per scenario (integration/bench/paired.py), each to
+requests go in short blocks over a connection per scenario in turn
+(integration/bench/paired.py), each to
 the one backend the direct scenario calls, so the added latency is the proxy's own and
 every scenario sees the same moment's machine; the kernel path and Envoy one hop also get a
 connection over the three backends (``low_rate_rr``: what spreading requests costs the
@@ -70,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "relay, the kernel path, the slow path, Envoy one hop and an Envoy sidecar pair. "
         "Saturation runs (wrk) go ROUND_ROBIN over three nginx backends. The low-rate "
         "latency (the added-latency targets) comes from one paced client whose requests "
-        "alternate over a connection per scenario, each to the direct scenario's one "
+        "go in short blocks over a connection per scenario in turn, each to the direct "
+        "scenario's one "
         "backend; the kernel path and Envoy one hop also get a connection over the three "
         "backends (reported beside, not used by the targets).")
     parser.add_argument("--quick", action="store_true",
@@ -199,6 +201,7 @@ class Bench:
         ``backend`` (integration/bench/paired.py), into ``recs``."""
         from integration.bench import paired
         from integration.bench.floor import BareRelay
+        from integration.bench.load import counter_delta
 
         # a relay of its own for each run: nginx closes a connection that has not carried a
         # request within its client_header_timeout (60 s), and the relay never replaces one
@@ -214,8 +217,7 @@ class Bench:
                              block_warm=LOW_RATE_BLOCK_WARM)
         finally:
             relay.close()
-        moved = {c: v - before.get(c, 0) for c, v in dp.counters().items()
-                 if v != before.get(c, 0)}
+        moved = counter_delta(before, dp.counters())
         blocks = -(-n // LOW_RATE_BLOCK)
         sent = 2 * blocks * (LOW_RATE_BLOCK + LOW_RATE_BLOCK_WARM)  # the kernel's two targets
         self.l4_low.append(low[L4])
@@ -291,8 +293,8 @@ class Bench:
                        "warmup_s": self.warm_s, "rounds": self.rounds, "pace_ms": PACE_MS,
                        "pace_rps": 1000 // PACE_MS, "client_cpu": CLIENT_CPU,
                        "server_cpu": SERVER_CPU,
-                       "low_rate_client": "paired: one client, requests interleaved over a "
-                                          "connection per scenario, a pause before each",
+                       "low_rate_client": "paired: one client, blocks of paced requests over "
+                                          "a connection per scenario, in turn",
                        "low_rate_paired": True, "low_rate_block": LOW_RATE_BLOCK,
                        "low_rate_block_warmup": LOW_RATE_BLOCK_WARM,
                        "low_rate_requests": int(self.low_s * LOW_RATE_PER_S),
@@ -309,7 +311,7 @@ class Bench:
         cg: Path | None = None
         cg_floor: Path | None = None
         dp: Datapath | None = None
-        relays: list[BareRelay] = []
+        relay: BareRelay | None = None
         backends: list[nginx.Nginx] = []
         envoys: list[EnvoyProcess] = []
         try:
@@ -328,7 +330,7 @@ class Bench:
             dp.apply(bench_tables(eps))
             self.say(f"datapath attached to {cg} (pins {BPFFS / cg.name})")
             cg_floor = cgroups.create(FLOOR_PREFIX)
-            relays.append(BareRelay(cg_floor, eps, CONNECTIONS))
+            relay = BareRelay(cg_floor, eps, CONNECTIONS)
             self.say(f"bare relay (the sockmap mechanism alone) attached to {cg_floor}, "
                      f"{CONNECTIONS} pooled connections over the {N_BACKENDS} backends; "
                      "for the low-rate runs, one to the first backend, made for each run")
@@ -379,12 +381,12 @@ class Bench:
             def envoy_url(e: EnvoyProcess, listener: str) -> str:
                 return f"http://127.0.0.1:{_port(e, listener)}/"
 
-            # name -> the saturation (and low_rate_rr) URL and how to start its client; the
-            # low-rate target (the same route to the direct scenario's backend), which the
-            # paired client calls from the datapath's cgroup
+            # name -> the saturation URL and how to start its client (wrk); the low-rate
+            # targets (the same routes to the direct scenario's backend, the round-robin
+            # routes, the L4 service), which the paired client calls from the datapath's cgroup
             urls: dict[str, tuple[str, Any]] = {
                 "direct": (f"http://127.0.0.1:{eps[0][1]}/", None),
-                "floor": (relays[0].url, in_floor),
+                "floor": (relay.url, in_floor),
                 "kernel": (vip(KERNEL_VIP), in_cgroup),
                 "slow": (vip(SLOW_VIP), in_cgroup),
                 "envoy": (envoy_url(hop, proxies.LISTENER), None),
@@ -443,9 +445,8 @@ class Bench:
                 results["scenarios"][name]["bpf_programs"] = self._program_profile(
                     url, spawn)
 
-            for relay in relays:  # their maps are not the datapath's
-                relay.close()
-            relays = []
+            relay.close()  # its maps are not the datapath's
+            relay = None
             n_maps, map_bytes = bpf_map_memory(os.getpid())
             results["memory"] = {
                 "envoy_hop_rss": rss_bytes(hop.pid or 0),
@@ -472,7 +473,7 @@ class Bench:
         finally:
             for e in envoys:
                 e.stop()
-            for relay in relays:
+            if relay is not None:
                 relay.close()
             if dp is not None:
                 dp.close()
