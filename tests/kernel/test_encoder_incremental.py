@@ -457,7 +457,7 @@ def test_a_refused_apply_keeps_the_datapath_serving_the_last_tables(
     vip, port = "127.10.0.9", 8080
     good = http_tables(vip, port, [vhost("svc", ["*"], [rule("/", action=to("c1"))])],
                        [cluster("c1", [b1])])
-    mesh.dp.apply(good)
+    mesh.apply(good)  # and wait for warm pools: a cold endpoint is served by user space
     cap = mesh.dp.encoder.capacity["sm_services_v1"]
     many = tuple(Service(f"127.11.{i >> 8}.{i & 255}", 80, ServiceKind.TCP, cluster="c1")
                  for i in range(cap))  # one more than fits, with the first service

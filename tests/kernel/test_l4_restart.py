@@ -82,8 +82,8 @@ def test_pooled_connections_closed_by_the_backend_are_replaced(mesh: Mesh, clien
     import time
 
     (b1,) = make_backends(backends, "b1")
-    mesh.dp.apply(http_tables(VIP, PORT, [vhost("r", [HOST], [rule("/", action=to("c1"))])],
-                              [cluster("c1", [b1])]))
+    mesh.apply(http_tables(VIP, PORT, [vhost("r", [HOST], [rule("/", action=to("c1"))])],
+                           [cluster("c1", [b1])]))
     client.connect("a", VIP, PORT)
     assert client.request("a", http("GET", "/", HOST))["body"] == b"b1"
     pools = mesh.dp.pools
