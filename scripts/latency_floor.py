@@ -20,12 +20,15 @@ the per-repetition difference).  The client and the datapath live in a dedicated
 cgroup; all traffic is on 127.0.0.1 and 127.10.9.1.
 
     .venv/bin/python scripts/latency_floor.py [--requests 3000] [--reps 5] [--bpf-stats]
-                                              [--backends 1]
+                                              [--backends 1] [--pace-us 0]
 
 --bpf-stats turns on kernel.bpf_stats_enabled for the run and prints each attached
 program's run time per run (tail-called programs count in the program that was attached).
 --backends N gives sockmesh's cluster N nginx (all on CPU 0) to round-robin over, as the
 bench's kernel scenario does with 3; the other connections stay on the first one.
+--pace-us N leaves the client idle N microseconds after each request, as the bench's
+low-rate client does (1000): caches and the vCPU go cold between requests, and with
+--bpf-stats the programs' run time shows what that costs them.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ CLIENT = r"""
 import json, os, socket, sys, time
 os.sched_setaffinity(0, {1})
 targets, n, end = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode()
+pace = int(sys.argv[4]) / 1e6  # seconds idle after each request
 socks = [socket.create_connection(tuple(t), timeout=5) for t in targets]
 for s in socks:
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -78,16 +82,19 @@ for i in range(n + 200):
             buf += chunk
         if i >= 200:  # warm-up
             lat[j].append(time.perf_counter_ns() - t)
+        if pace:
+            time.sleep(pace)
 print(json.dumps([[sorted(x)[len(x) * q // 100] / 1000 for q in (50, 90)] for x in lat]))
 """
 
-def one_rep(cg: Path, relay: BareRelay, nport: int, body: bytes, n: int) -> list[list[float]]:
+def one_rep(cg: Path, relay: BareRelay, nport: int, body: bytes, n: int,
+            pace_us: int) -> list[list[float]]:
     """One client run over the five connections; [p50, p90] per connection."""
     direct = ["127.0.0.1", nport]
     targets = [direct, direct, direct, ["127.0.0.1", relay.port], list(KERNEL_VIP)]
     end = b"\r\n\r\n" + body
     proc = spawn_in_cgroup([sys.executable, "-c", CLIENT, json.dumps(targets), str(n),
-                            end.decode()], cg, stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+                            end.decode(), str(pace_us)], cg, stdout=subprocess.PIPE, stdin=subprocess.PIPE)
     fds: list[int] = []
     try:
         assert proc.stdout is not None and proc.stdin is not None
@@ -128,6 +135,8 @@ def main() -> None:
                     help="also print each program's run time per run (bpf_stats)")
     ap.add_argument("--backends", type=int, default=1,
                     help="nginx backends sockmesh round-robins over (the bench uses 3)")
+    ap.add_argument("--pace-us", type=int, default=0, metavar="US",
+                    help="idle time after each request (the bench's low rate: 1000)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (BPF, cgroup v2)")
@@ -154,7 +163,8 @@ def main() -> None:
             relay = BareRelay(None, [("127.0.0.1", backend.port)], 1, pass_programs=True)
             before = bpf_program_stats(os.getpid())
             for rep in range(args.reps):
-                rows.append(one_rep(cg, relay, backend.port, body, args.requests))
+                rows.append(one_rep(cg, relay, backend.port, body, args.requests,
+                                    args.pace_us))
                 print(f"rep {rep + 1}: " + ", ".join(
                     f"{n} {r[0]:.1f}" for n, r in zip(NAMES, rows[-1], strict=True)), flush=True)
             if args.bpf_stats:
@@ -166,7 +176,9 @@ def main() -> None:
             dp.close()
             for b in backends:
                 b.stop()
-    print(f"{args.reps} reps x {args.requests} requests per connection, interleaved per request")
+    pace = f", {args.pace_us} us idle after each" if args.pace_us else ""
+    print(f"{args.reps} reps x {args.requests} requests per connection, interleaved per "
+          f"request{pace}")
     for i, name in enumerate(NAMES):
         diffs = [r[i][0] - r[0][0] for r in rows]
         print(f"{name:10} p50 {statistics.median(r[i][0] for r in rows):6.1f} us, "
