@@ -221,7 +221,7 @@ class Datapath:
 
     def counters(self) -> dict[str, int]:
         """Per-reason counters summed over CPUs (see SM_R_* in sockmesh.h)."""
-        m = PinnedMap(self.pin_dir / "sm_counters_v1", C.c_uint32, C.c_uint64, percpu=True)
+        m = PinnedMap(self.pin_dir / "sm_counters_v2", C.c_uint32, C.c_uint64, percpu=True)
         try:
             out = {}
             for i, name in sorted(REASONS.items()):

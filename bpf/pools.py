@@ -132,18 +132,21 @@ class Pools:
         return int(v.value) if v is not None else 0
 
     def _reap_closed(self) -> None:
-        """Mark pooled connections the backend closed as dead.
+        """Mark pooled connections the backend closed, or the kernel cannot use, as dead.
 
         sk_skb sees a FIN only when it arrives as its own zero-length skb; a FIN that rides
         on the last data segment (a backend that answers and closes) is invisible to it, but
-        the socket's poll state says RDHUP.  A request the kernel already dispatched on such
-        a connection gets no answer: ``on_lost(client key)`` lets the agent answer 503."""
+        the socket's poll state says RDHUP.  Bytes in a pooled socket's own queue (POLLIN)
+        are bytes sk_skb could not map to a slot (``resp_unmapped``): the response on it
+        will never reach its client.  A request the kernel already dispatched on such a
+        connection gets no answer: ``on_lost(client key)`` lets the agent answer 503."""
         if not self.conns:
             return
         poller = select.poll()
         by_fd = {}
         for sid, sock in self.conns.items():
-            poller.register(sock.fileno(), select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+            poller.register(sock.fileno(), select.POLLIN | select.POLLRDHUP | select.POLLHUP
+                            | select.POLLERR)
             by_fd[sock.fileno()] = sid
         now = time.monotonic()
         for fd, _ in poller.poll(0):

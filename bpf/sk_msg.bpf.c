@@ -5,7 +5,7 @@
  * compare-and-swap, remember which client the response belongs to, and redirect the bytes to
  * the pooled socket's egress.  Whatever cannot be done here is passed (SK_PASS without a
  * redirect) to the agent's end of the connection, and the connection stays with the agent
- * until it has answered (sm_client.user).  sm_counters_v1 says how often and why.
+ * until it has answered (sm_client.user).  sm_counters_v2 says how often and why.
  *
  * Five programs, chained by tail calls through sm_msgprogs_v1: sm_sk_msg (attached: body
  * continuation, copy of the head) -> sm_msg_parse (SM_PARSE_STEP bytes per pass, calls

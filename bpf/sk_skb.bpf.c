@@ -143,8 +143,14 @@ int sm_sk_skb(struct __sk_buff *skb)
 {
 	__u32 sid;
 	struct sm_slot *sl = sm_skb_slot(skb, &sid);
-	if (!sl)
+	if (!sl) {
+		/* a pooled connection with no slot mapped to it (the mapping is written after the
+		 * socket enters the sockhash, and a lost one is a bug): the bytes stay in its own
+		 * queue, where the agent's poll sees them and retires the connection */
+		if (skb->len)
+			sm_count(SM_R_RESP_UNMAPPED);
 		return SK_PASS;
+	}
 	if (skb->len == 0) {
 		/* the backend closed this pooled connection: the agent replaces it */
 		if (sl->state == SM_SLOT_BUSY) {

@@ -99,7 +99,7 @@
 #define SM_SLOT_BUSY 2
 #define SM_SLOT_DEAD 3
 
-/* why a request left the fast path; index into sm_counters_v1 */
+/* why a request left the fast path; index into sm_counters_v2 */
 #define SM_R_FAST 0                    /* routed and dispatched in kernel */
 #define SM_R_NOT_HTTP 1                /* TLS ClientHello, h2 preface, garbage */
 #define SM_R_PARSE_LIMIT 2             /* head, path or host over the parse limits; a matched
@@ -122,7 +122,9 @@
 #define SM_R_L4 17                     /* L4 connect rewritten to an endpoint */
 #define SM_R_SCRATCH 18                /* per-CPU scratch taken over by another task */
 #define SM_R_BLACKHOLE 19              /* connect refused: BlackHoleCluster (REGISTRY_ONLY) */
-#define SM_R_MAX 20
+#define SM_R_RESP_UNMAPPED 20          /* bytes on a pooled connection with no slot mapped to
+					* it: left in its own queue, the agent retires it */
+#define SM_R_MAX 21
 
 /* ---- structs (explicit padding; ctypes twins in bpf/layout.py) ----------------------------- */
 
@@ -462,7 +464,7 @@ BPF_TABLE_PINNED("prog", __u32, __u32, sm_skbprogs_v1, 4, SM_PIN(sm_skbprogs_v1)
 #define SM_TAIL_FRAME 0    /* sm_skbprogs_v1: sm_skb_frame */
 
 /* reason -> count (per CPU).  Writers: all programs. */
-BPF_TABLE_PINNED("percpu_array", __u32, __u64, sm_counters_v1, SM_R_MAX, SM_PIN(sm_counters_v1));
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, sm_counters_v2, SM_R_MAX, SM_PIN(sm_counters_v2));
 /* 0 -> response bytes being framed.  Writer: sk_skb.  Separate from sm_scratch_v1 because
  * sk_skb runs in softirq and can interrupt an sk_msg pass on the same CPU. */
 struct sm_win {
@@ -495,7 +497,7 @@ BPF_TABLE_PINNED("percpu_hash", struct sm_reqstat_key, __u64, sm_reqstats_v1, SM
 
 static __always_inline void sm_count(__u32 reason)
 {
-	__u64 *c = sm_counters_v1.lookup(&reason);
+	__u64 *c = sm_counters_v2.lookup(&reason);
 	if (c)
 		*c += 1;
 }

@@ -192,3 +192,39 @@ def test_a_port_freed_by_a_reset_stays_mapped_to_the_socket_that_took_it(
     assert r["headers"]["x-peer-port"] == str(freed)
     after = mesh.counters()
     assert after["fast"] - before["fast"] == 1 and after["resp_done"] - before["resp_done"] == 1
+
+
+def test_a_response_sk_skb_cannot_map_is_counted_and_its_client_answered(
+        mesh: Mesh, client: Client, backends) -> None:
+    """Should a pooled socket's sm_poolports_v1 entry be missing, sk_skb cannot tell whose
+    response it carries: the bytes stay in the socket's own queue.  The kernel counts them
+    (``resp_unmapped``), the pools retire the connection and the agent answers the waiting
+    client 503, as for any pooled connection lost under a request, instead of leaving it to
+    its timeout (the lost response above stayed invisible for want of exactly this)."""
+    (b,) = make_backends(backends, "um")
+    mesh.apply(http_tables(VIP, PORT, [vhost("unmapped", [HOST], [rule("/", action=to("um"))])],
+                           [cluster("um", [b])]))
+    pools = mesh.dp.pools
+    ep = {a: i for i, a in mesh.dp.encoder.endpoints().items()}[b.addr]
+    sid = ep * PER_ENDPOINT  # sk_msg claims the first idle slot of the endpoint
+    before = mesh.counters()
+    lost, replaced = pools.lost, pools.replaced
+    client.connect("a", VIP, PORT)
+    with pools.paused():
+        old = pools.conns[sid]
+        assert pools.ports.delete(L.SockKey(ip4=ip_net("127.0.0.1"), port=old.getsockname()[1]))
+        client.send("a", http("GET", "/", HOST))
+        poll_until(lambda: mesh.counters()["resp_unmapped"] > before["resp_unmapped"], 5,
+                   "sk_skb counting the unmapped response")
+    (r,) = client.pipeline("a", b"", ["GET"])
+    assert r["status"] == 503
+    poll_until(lambda: pools.conns.get(sid) not in (None, old), 5, "the slot refilled")
+    after = mesh.counters()
+    assert after["resp_unmapped"] - before["resp_unmapped"] == 1
+    assert after["fast"] - before["fast"] == 1  # dispatched by the kernel, not handed over
+    assert pools.lost - lost == 1 and pools.replaced - replaced == 1
+
+    # the refilled slot has its mapping: the next connection is served by the kernel
+    client.connect("b", VIP, PORT)
+    assert client.request("b", http("GET", "/", HOST))["headers"]["x-backend"] == "um"
+    assert mesh.counters()["fast"] - after["fast"] == 1

@@ -24,8 +24,8 @@ from tests.reliability.harness import CLUSTER_OF
 from tests.support.http_corpus import REJECT, ROUTE, SLOW, TUNNEL, HttpCase
 
 CATCH_ALL = "reviews-v1"
-KERNEL_REASONS_NOT_SLOW = {"fast", "corked", "body", "resp_done", "resp_lost", "pool_fin",
-                           "l4", "scratch"}
+KERNEL_REASONS_NOT_SLOW = {"fast", "corked", "body", "resp_done", "resp_lost", "resp_unmapped",
+                           "pool_fin", "l4", "scratch"}
 
 
 def verdicts(result: dict[str, Any], owed: int) -> list[str]:
