@@ -137,8 +137,19 @@ class PinnedMap:
         ]
 
     def set(self, key: Any, value: Any, flags: int = BPF_ANY) -> None:
-        """Write one entry (for a sockhash the value is a socket fd, as a u64)."""
+        """Write one entry (for a sockhash the value is a socket fd, as a u64; for a per-CPU
+        map a sequence of one value per CPU)."""
         k = self._key(key)
+        if self.percpu:
+            if len(value) != self._ncpu:
+                raise ValueError(f"{self.path.name}: {len(value)} values for {self._ncpu} CPUs")
+            buf = C.create_string_buffer(self._vsize * self._ncpu)
+            for i, x in enumerate(value):
+                v = x if isinstance(x, C._SimpleCData | C.Structure) else self.value_type(x)
+                C.memmove(C.addressof(buf) + i * self._vsize, C.byref(v), C.sizeof(v))
+            _check(_lib.bpf_map_update_elem(self.fd, C.byref(k), buf, flags),
+                   f"update {self.path.name}")
+            return
         v = value if isinstance(value, C._SimpleCData | C.Structure) else self.value_type(value)
         _check(_lib.bpf_map_update_elem(self.fd, C.byref(k), C.byref(v), flags),
                f"update {self.path.name}")

@@ -67,12 +67,36 @@ static __always_inline struct sm_slot *sm_skb_slot(struct __sk_buff *skb, __u32 
 /* One framing pass over the skb from r->off (SM_RESP_STEPS steps), then the next pass (a
  * tail call) or the verdict: redirect to the client, release the slot when the response
  * is complete. */
+static __always_inline void sm_depth_add(__s64 d)
+{
+	__u32 zero = 0;
+	__u64 *depth = sm_skbdepth_v1.lookup(&zero);
+	if (depth)
+		__sync_fetch_and_add(depth, d);
+}
+
+/* Retires the slot and delivers the skb unframed: the client gets the bytes, the pooled
+ * connection is not reused (nobody knows where its response ends). */
+static __always_inline int sm_unframed(struct __sk_buff *skb, struct sm_slot *sl)
+{
+	struct sm_sock_key client = sl->client;
+	sm_slot_release(sl, SM_SLOT_DEAD);
+	sm_count(SM_R_RESP_LOST);
+	return sm_clsocks_v1.sk_redirect_hash(skb, &client, BPF_F_INGRESS);
+}
+
 static __always_inline int sm_frame(struct __sk_buff *skb, struct sm_slot *sl, __u32 sid)
 {
 	__u32 zero = 0;
-	struct sm_win *s = sm_skbwin_v1.lookup(&zero);
-	if (!s)
+	__u64 *depth = sm_skbdepth_v1.lookup(&zero);
+	if (!depth)
 		return SK_DROP;
+	__u32 level = __sync_fetch_and_add(depth, 1); /* the window of this nesting level */
+	struct sm_win *s = sm_skbwin_v2.lookup(&level);
+	if (!s) {
+		sm_depth_add(-1);
+		return sm_unframed(skb, sl); /* nested deeper than SM_WIN_LEVELS */
+	}
 	struct sm_resp *r = &sl->resp;
 	__u32 len = skb->len;
 	__u32 wstart = 0, wlen = 0; /* skb bytes [wstart, wstart + wlen) are in s->buf */
@@ -113,6 +137,7 @@ static __always_inline int sm_frame(struct __sk_buff *skb, struct sm_slot *sl, _
 		const __u8 *p = s->buf + ((off - wstart) & (SM_RESP_WIN - 1));
 		r->off = off + sm_resp_step(r, p, wend - off, ph);
 	}
+	sm_depth_add(-1); /* the window is not carried into the next pass */
 	__u32 off = r->off;
 	if (off < len && r->phase != SM_P_DONE && r->passes < SM_RESP_PASSES) {
 		r->passes += 1;

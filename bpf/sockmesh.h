@@ -465,12 +465,20 @@ BPF_TABLE_PINNED("prog", __u32, __u32, sm_skbprogs_v1, 4, SM_PIN(sm_skbprogs_v1)
 
 /* reason -> count (per CPU).  Writers: all programs. */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, sm_counters_v2, SM_R_MAX, SM_PIN(sm_counters_v2));
-/* 0 -> response bytes being framed.  Writer: sk_skb.  Separate from sm_scratch_v1 because
- * sk_skb runs in softirq and can interrupt an sk_msg pass on the same CPU. */
+/* nesting level -> response bytes being framed.  Writer: sk_skb.  Separate from
+ * sm_scratch_v1 because sk_skb runs in softirq and can interrupt an sk_msg pass on the same
+ * CPU.  sk_skb itself runs in softirq and also in process context, when a pooled socket's
+ * backlog is processed at release_sock with softirqs enabled: a softirq (or, preemptible, a
+ * task) can then run sk_skb for another pooled socket on the same CPU mid-pass, so each
+ * nesting level (sm_skbdepth_v1) frames in a window of its own. */
+#define SM_WIN_LEVELS 4              /* sk_skb runs nested on one CPU; deeper ones retire */
 struct sm_win {
 	__u8 buf[2 * SM_RESP_WIN]; /* the length mask lets the verifier see up to 2x */
 };
-BPF_TABLE_PINNED("percpu_array", __u32, struct sm_win, sm_skbwin_v1, 1, SM_PIN(sm_skbwin_v1));
+BPF_TABLE_PINNED("percpu_array", __u32, struct sm_win, sm_skbwin_v2, SM_WIN_LEVELS,
+		 SM_PIN(sm_skbwin_v2));
+/* 0 -> sk_skb framing passes running on this CPU (the next one's window level). */
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, sm_skbdepth_v1, 1, SM_PIN(sm_skbdepth_v1));
 /* 0 -> scratch for the request being parsed.  Writer: sk_msg (process context only). */
 BPF_TABLE_PINNED("percpu_array", __u32, struct sm_scratch, sm_scratch_v1, 1, SM_PIN(sm_scratch_v1));
 
