@@ -3,11 +3,16 @@
 Slot ``ep_id * SM_POOL_PER_ENDPOINT + j`` holds connection j to endpoint ep_id.  Filling a
 slot: connect, put the socket into sm_poolsocks_v1 (where the sk_skb verdict runs on it),
 record its local address in sm_poolports_v1, mark the slot IDLE, then raise the endpoint's
-count in sm_eppool_v1 so sk_msg starts claiming it.  ``maintain()`` (run by a background
-thread, and directly after each table change) warms new endpoints, replaces connections the
-backend closed (sk_skb marks them DEAD on a bare FIN; a poll for RDHUP catches a FIN that came
-with data), grows a pool when sk_msg found no idle connection (sm_epmiss_v1), and closes pools
-of endpoints that left the tables.
+count in sm_eppool_v1 so sk_msg starts claiming it.  ``maintain()`` warms new endpoints,
+replaces connections the backend closed (sk_skb marks them DEAD on a bare FIN; a poll for
+RDHUP catches a FIN that came with data), grows a pool when sk_msg found no idle connection
+(sm_epmiss_v1), and closes pools of endpoints that left the tables.
+
+A background thread runs it when something happens and waits otherwise: it polls the pooled
+sockets (a close, a reset) and a wake-up pipe (new endpoints), every ``interval`` while the
+pools are changing (connections filled, pools grown, a drain or a lost request pending) and
+every ``idle`` seconds when not, for what the kernel reports only in its maps: misses, slots
+retired without a socket event (an unframed response), bytes sk_skb could not map.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as C
 import logging
+import os
 import select
 import socket
 import struct
@@ -34,27 +40,34 @@ PER_EP = limit("POOL_PER_ENDPOINT")
 IDLE, BUSY, DEAD, EMPTY = (limit("SLOT_IDLE"), limit("SLOT_BUSY"), limit("SLOT_DEAD"),
                            limit("SLOT_EMPTY"))
 RF_LOST = limit("RF_LOST")
+R_UNMAPPED = limit("R_RESP_UNMAPPED")
 CONNECT_TIMEOUT = 1.0
 UNIQUE_PORT_BIND = "0.0.0.0"  # bind(2) to any address, port 0: a port unused on every address
 RETRY_AFTER = 0.2  # seconds before connecting again to an endpoint that refused
 LOST_GRACE = 0.2  # a closed pooled connection still busy this long lost its request
 DRAIN_GRACE = 0.05  # a removed endpoint's idle connections close after this
 DRAIN_MAX = 30.0  # ... and its busy ones when their response is done, or after this
+IDLE_TICK = 0.05  # seconds between maintenance passes while nothing changes
+CLOSED = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
 class Pools:
     """Keeps ``warm`` connections per endpoint, up to SM_POOL_PER_ENDPOINT under load."""
 
-    def __init__(self, pin_dir: Path, warm: int = 2, interval: float = 0.002) -> None:
+    def __init__(self, pin_dir: Path, warm: int = 2, interval: float = 0.002,
+                 idle: float = IDLE_TICK) -> None:
         self.pin_dir = Path(pin_dir)
         self.warm = max(1, min(warm, PER_EP))
         self.interval = interval
+        self.idle = idle
         self.socks = PinnedMap(self.pin_dir / "sm_poolsocks_v1", U32, U64)
         self.ports = PinnedMap(self.pin_dir / "sm_poolports_v1", L.SockKey, U32)
         self.slots = PinnedMap(self.pin_dir / "sm_slots_v1", U32, L.Slot)
         self.eppool = PinnedMap(self.pin_dir / "sm_eppool_v1", U32, U32)
         self.epmiss = PinnedMap(self.pin_dir / "sm_epmiss_v1", U32, U64)
         self.epactive = PinnedMap(self.pin_dir / "sm_epactive_v1", U32, U64)
+        self.counters = PinnedMap(self.pin_dir / "sm_counters_v2", U32, U64, percpu=True)
+        self._unmapped_seen = self._unmapped()
         self.on_lost: Callable[[L.SockKey], None] | None = None
         self.lost = 0  # dispatched requests whose pooled connection closed under them
         self._closed_busy: dict[int, float] = {}  # slot -> when it was first seen closed
@@ -75,6 +88,10 @@ class Pools:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._changing = True  # the last pass filled or grew something: look again soon
+        self._quiet: set[int] = set()  # slots whose socket is ready but waits (not polled)
+        self.passes = 0
         self.replaced = 0
         self.grown = 0
 
@@ -84,23 +101,51 @@ class Pools:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.is_set():
             try:
                 self.maintain()
             except Exception:
                 log.exception("pool maintenance failed")
+            self._wait()
+
+    def kick(self) -> None:
+        """Run a maintenance pass now."""
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"k")
+
+    def _wait(self) -> None:
+        """Until a pooled socket or the wake-up pipe is ready, or the next pass is due."""
+        with self._lock:
+            fds = [s.fileno() for sid, s in self.conns.items() if sid not in self._quiet]
+            now = time.monotonic()
+            due = [t - now for t in (*self._retry_at.values(),
+                                     *(c + LOST_GRACE for c in self._closed_busy.values()))
+                   if t > now]
+            soon = self._changing or bool(self._draining)
+            timeout = min([self.interval if soon else self.idle, *due])
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        for fd in fds:
+            poller.register(fd, CLOSED)
+        if any(fd == self._wake_r for fd, _ in poller.poll(max(1, int(timeout * 1000)))):
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
 
     def close(self) -> None:
         """Stop maintenance and close every pooled connection."""
         self._stop.set()
+        self.kick()
         if self._thread is not None:
             self._thread.join(5)
         with self._lock:
             for ep in list(self.endpoints):
                 self._drop_endpoint(ep)
             self._drain(force=True)
-        for m in (self.socks, self.ports, self.slots, self.eppool, self.epmiss, self.epactive):
+        for m in (self.socks, self.ports, self.slots, self.eppool, self.epmiss, self.epactive,
+                  self.counters):
             m.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     # ---- state ------------------------------------------------------------------------
     def set_endpoints(self, endpoints: dict[int, tuple[str, int]],
@@ -120,6 +165,7 @@ class Pools:
                     self._miss_seen[ep] = int(miss.value) if miss is not None else 0
             kept = {e: a for e, a in self.endpoints.items() if not drop_missing}
             self.endpoints = kept | dict(endpoints)
+        self.kick()
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -131,26 +177,62 @@ class Pools:
         v = self.eppool.get(ep)
         return int(v.value) if v is not None else 0
 
+    def _retire(self, sid: int, sl: L.Slot) -> None:
+        """Mark a slot dead (maintain refills it); a request on it gets ``on_lost``."""
+        self.slots.set(sid, L.Slot(state=DEAD, ep_id=sl.ep_id, gen=sl.gen))
+        if sl.state == BUSY:
+            # the kernel would have released it with the response; do it here
+            v = self.epactive.get(sl.ep_id)
+            if v is not None and v.value:
+                self.epactive.set(sl.ep_id, U64(v.value - 1))
+            self.lost += 1
+            if self.on_lost is not None:
+                self.on_lost(sl.client)
+
+    def _unmapped(self) -> int:
+        vals = self.counters.get(R_UNMAPPED)
+        return sum(int(v.value) for v in vals) if vals else 0
+
+    def _reap_unmapped(self) -> None:
+        """Retire pooled connections sk_skb could not map to their slot.
+
+        sk_skb counts bytes on a pooled socket without an sm_poolports_v1 entry
+        (``resp_unmapped``) and leaves them in the socket's own queue, where no client will
+        see them.  When that count moved, every pooled socket's entry is checked; one
+        without its own entry is retired."""
+        n = self._unmapped()
+        if n == self._unmapped_seen:
+            return
+        self._unmapped_seen = n
+        for sid in list(self.conns):
+            key = self._port_key.get(sid)
+            entry = self.ports.get(L.SockKey(ip4=key[0], port=key[1])) if key else None
+            if entry is not None and entry.value == sid:
+                continue
+            sl = self.slots.get(sid)
+            if sl is not None and sl.state not in (DEAD, EMPTY):
+                log.warning("pooled connection %d had no port mapping; retired", sid)
+                self._retire(sid, sl)
+
     def _reap_closed(self) -> None:
-        """Mark pooled connections the backend closed, or the kernel cannot use, as dead.
+        """Mark pooled connections the backend closed as dead.
 
         sk_skb sees a FIN only when it arrives as its own zero-length skb; a FIN that rides
         on the last data segment (a backend that answers and closes) is invisible to it, but
-        the socket's poll state says RDHUP.  Bytes in a pooled socket's own queue (POLLIN)
-        are bytes sk_skb could not map to a slot (``resp_unmapped``): the response on it
-        will never reach its client.  A request the kernel already dispatched on such a
-        connection gets no answer: ``on_lost(client key)`` lets the agent answer 503."""
+        the socket's poll state says RDHUP.  A request the kernel already dispatched on such
+        a connection gets no answer: ``on_lost(client key)`` lets the agent answer 503."""
         if not self.conns:
             return
         poller = select.poll()
         by_fd = {}
         for sid, sock in self.conns.items():
-            poller.register(sock.fileno(), select.POLLIN | select.POLLRDHUP | select.POLLHUP
-                            | select.POLLERR)
+            poller.register(sock.fileno(), CLOSED)
             by_fd[sock.fileno()] = sid
         now = time.monotonic()
         for fd, _ in poller.poll(0):
             sid = by_fd[fd]
+            # ready until it is refilled or closed: the waiting thread leaves it out
+            self._quiet.add(sid)
             sl = self.slots.get(sid)
             if sl is None or sl.state in (DEAD, EMPTY):
                 continue
@@ -161,20 +243,15 @@ class Pools:
                 if now - first < LOST_GRACE:
                     continue
             self._closed_busy.pop(sid, None)
-            self.slots.set(sid, L.Slot(state=DEAD, ep_id=sl.ep_id, gen=sl.gen))
-            if busy:
-                # the kernel would have released it with the response; do it here
-                v = self.epactive.get(sl.ep_id)
-                if v is not None and v.value:
-                    self.epactive.set(sl.ep_id, U64(v.value - 1))
-                self.lost += 1
-                if self.on_lost is not None:
-                    self.on_lost(sl.client)
+            self._retire(sid, sl)
 
     def maintain(self) -> None:
         """One pass: reap closed, warm, replace dead, grow on misses."""
         with self._lock:
+            self.passes += 1
+            changes = self.replaced + self.grown + len(self.conns)
             self._reap_closed()
+            self._reap_unmapped()
             self._drain()
             now = time.monotonic()
             for ep, addr in list(self.endpoints.items()):
@@ -203,9 +280,11 @@ class Pools:
                     if not self._fill(ep, ep * PER_EP + j, addr):
                         break
                     self.eppool.set(ep, U32(j + 1))
+            self._changing = self.replaced + self.grown + len(self.conns) != changes
 
     # ---- slots ------------------------------------------------------------------------
     def _close_slot(self, sid: int) -> None:
+        self._quiet.discard(sid)
         old = self.conns.pop(sid, None)
         key = self._port_key.pop(sid, None)
         if key is not None and self._port_slot.get(key) == sid:
