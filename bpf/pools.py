@@ -89,9 +89,9 @@ class Pools:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._changing = True  # the last pass filled or grew something: look again soon
+        self._changing = True  # the last pass connected something: look again soon
         self._quiet: set[int] = set()  # slots whose socket is ready but waits (not polled)
-        self.passes = 0
+        self.filled = 0  # pooled connections made
         self.replaced = 0
         self.grown = 0
 
@@ -248,8 +248,7 @@ class Pools:
     def maintain(self) -> None:
         """One pass: reap closed, warm, replace dead, grow on misses."""
         with self._lock:
-            self.passes += 1
-            changes = self.replaced + self.grown + len(self.conns)
+            filled = self.filled
             self._reap_closed()
             self._reap_unmapped()
             self._drain()
@@ -280,7 +279,7 @@ class Pools:
                     if not self._fill(ep, ep * PER_EP + j, addr):
                         break
                     self.eppool.set(ep, U32(j + 1))
-            self._changing = self.replaced + self.grown + len(self.conns) != changes
+            self._changing = self.filled != filled
 
     # ---- slots ------------------------------------------------------------------------
     def _close_slot(self, sid: int) -> None:
@@ -332,6 +331,7 @@ class Pools:
         gen = self._gen.get(sid, 0) + 1
         self._gen[sid] = gen
         self.conns[sid] = s
+        self.filled += 1
         self.slots.set(sid, L.Slot(state=IDLE, ep_id=ep, gen=gen))
         return True
 

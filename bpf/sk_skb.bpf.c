@@ -64,9 +64,6 @@ static __always_inline struct sm_slot *sm_skb_slot(struct __sk_buff *skb, __u32 
 	return sm_slots_v1.lookup(sid);
 }
 
-/* One framing pass over the skb from r->off (SM_RESP_STEPS steps), then the next pass (a
- * tail call) or the verdict: redirect to the client, release the slot when the response
- * is complete. */
 static __always_inline void sm_depth_add(__s64 d)
 {
 	__u32 zero = 0;
@@ -85,6 +82,9 @@ static __always_inline int sm_unframed(struct __sk_buff *skb, struct sm_slot *sl
 	return sm_clsocks_v1.sk_redirect_hash(skb, &client, BPF_F_INGRESS);
 }
 
+/* One framing pass over the skb from r->off (SM_RESP_STEPS steps), then the next pass (a
+ * tail call) or the verdict: redirect to the client, release the slot when the response
+ * is complete. */
 static __always_inline int sm_frame(struct __sk_buff *skb, struct sm_slot *sl, __u32 sid)
 {
 	__u32 zero = 0;
@@ -144,22 +144,18 @@ static __always_inline int sm_frame(struct __sk_buff *skb, struct sm_slot *sl, _
 		sm_skbprogs_v1.call(skb, SM_TAIL_FRAME);
 	}
 
+	/* read before the release: a new dispatch may take the slot at once */
 	struct sm_sock_key client = sl->client;
 	if (r->phase == SM_P_DONE) {
-		if (r->status == 0xffff || off < len) {
-			/* unframed or extra bytes: retire the connection rather than guess */
-			sm_slot_release(sl, SM_SLOT_DEAD);
-			sm_count(SM_R_RESP_LOST);
-		} else {
-			/* counted before the release: a new dispatch may reuse the slot at once */
-			sm_count_request(sl, sid);
-			/* "connection: close": the backend is about to close it, do not reuse it */
-			sm_slot_release(sl, (r->flags & SM_RF_CLOSE) ? SM_SLOT_DEAD : SM_SLOT_IDLE);
-			sm_count(SM_R_RESP_DONE);
-		}
+		if (r->status == 0xffff || off < len)
+			return sm_unframed(skb, sl); /* unframed or extra bytes: do not guess */
+		/* counted before the release: a new dispatch may reuse the slot at once */
+		sm_count_request(sl, sid);
+		/* "connection: close": the backend is about to close it, do not reuse it */
+		sm_slot_release(sl, (r->flags & SM_RF_CLOSE) ? SM_SLOT_DEAD : SM_SLOT_IDLE);
+		sm_count(SM_R_RESP_DONE);
 	} else if (off < len) {
-		sm_slot_release(sl, SM_SLOT_DEAD); /* framing budget exhausted */
-		sm_count(SM_R_RESP_LOST);
+		return sm_unframed(skb, sl); /* framing budget exhausted */
 	}
 	return sm_clsocks_v1.sk_redirect_hash(skb, &client, BPF_F_INGRESS);
 }
@@ -171,7 +167,7 @@ int sm_sk_skb(struct __sk_buff *skb)
 	if (!sl) {
 		/* a pooled connection with no slot mapped to it (the mapping is written after the
 		 * socket enters the sockhash, and a lost one is a bug): the bytes stay in its own
-		 * queue, where the agent's poll sees them and retires the connection */
+		 * queue; the count tells the agent, which finds the connection and retires it */
 		if (skb->len)
 			sm_count(SM_R_RESP_UNMAPPED);
 		return SK_PASS;
