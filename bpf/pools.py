@@ -92,6 +92,7 @@ class Pools:
         self._changing = True  # the last pass connected something: look again soon
         self._quiet: set[int] = set()  # slots whose socket is ready but waits (not polled)
         self.filled = 0  # pooled connections made
+        self.passes = 0  # maintenance passes run
         self.replaced = 0
         self.grown = 0
 
@@ -173,6 +174,12 @@ class Pools:
         with self._lock:
             yield
 
+    @property
+    def settled(self) -> bool:
+        """Nothing pending: the thread waits for an event or the idle tick."""
+        with self._lock:
+            return not (self._changing or self._draining or self._closed_busy)
+
     def size(self, ep: int) -> int:
         v = self.eppool.get(ep)
         return int(v.value) if v is not None else 0
@@ -248,6 +255,7 @@ class Pools:
     def maintain(self) -> None:
         """One pass: reap closed, warm, replace dead, grow on misses."""
         with self._lock:
+            self.passes += 1
             filled = self.filled
             self._reap_closed()
             self._reap_unmapped()

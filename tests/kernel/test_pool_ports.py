@@ -228,3 +228,36 @@ def test_a_response_sk_skb_cannot_map_is_counted_and_its_client_answered(
     client.connect("b", VIP, PORT)
     assert client.request("b", http("GET", "/", HOST))["headers"]["x-backend"] == "um"
     assert mesh.counters()["fast"] - after["fast"] == 1
+
+
+def test_settled_pools_wait_for_events_and_a_close_wakes_them(mesh: Mesh, client: Client,
+                                                              backends) -> None:
+    """With nothing changing, the pools thread sleeps in poll(): a pass per IDLE_TICK at
+    most, for what the kernel reports only in its maps (a pass every 2 ms kept an idle agent
+    at 0.09 cores).  A backend's close still wakes it at once: with the tick set to 10 s the
+    closed connections are replaced within a second."""
+    from bpf.pools import IDLE_TICK
+
+    (b,) = make_backends(backends, "quiet")
+    mesh.apply(http_tables(VIP, PORT, [vhost("quiet", [HOST], [rule("/", action=to("qq"))])],
+                           [cluster("qq", [b])]))
+    pools = mesh.dp.pools
+    poll_until(lambda: pools.settled, 5, "the pools settled")
+    p0, t0 = pools.passes, time.monotonic()
+    time.sleep(1.0)  # the window the pass rate is measured over
+    rate = (pools.passes - p0) / (time.monotonic() - t0)
+    assert rate <= 3 / IDLE_TICK, f"{rate:.0f} maintenance passes per second while idle"
+
+    replaced = pools.replaced
+    pools.idle = 10.0
+    try:
+        pools.kick()  # the next wait uses the long tick
+        poll_until(lambda: pools.settled, 5, "the pools settled")
+        b.drop_connections()  # each pooled connection sees a FIN: RDHUP wakes the thread
+        poll_until(lambda: pools.replaced >= replaced + 2, 1.0,
+                   "closed pooled connections replaced without the tick")
+    finally:
+        pools.idle = IDLE_TICK
+        pools.kick()
+    client.connect("a", VIP, PORT)
+    assert client.request("a", http("GET", "/", HOST))["headers"]["x-backend"] == "quiet"
