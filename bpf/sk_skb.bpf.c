@@ -64,6 +64,8 @@ static __always_inline struct sm_slot *sm_skb_slot(struct __sk_buff *skb, __u32 
 	return sm_slots_v1.lookup(sid);
 }
 
+/* Looks the counter up again rather than keeping sm_frame's pointer live across its loop,
+ * which would add to what the verifier tracks in every step. */
 static __always_inline void sm_depth_add(__s64 d)
 {
 	__u32 zero = 0;

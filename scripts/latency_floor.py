@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from bpf.datapath import Datapath
 from integration.bench import nginx
 from integration.bench.floor import BareRelay
-from integration.bench.paired import getfd
+from integration.bench.paired import borrowed_fds, getfd
 from integration.bench.scenarios import KERNEL_VIP, bench_tables
 from integration.bench.system import bpf_program_names, bpf_program_stats, bpf_stats_enabled
 from tests.support.cgroup import pin_dir_for, spawn_in_cgroup, sweep_leftovers, test_cgroup
@@ -94,9 +94,9 @@ def one_rep(cg: Path, relay: BareRelay, nport: int, body: bytes, n: int,
     targets = [direct, direct, direct, ["127.0.0.1", relay.port], list(KERNEL_VIP)]
     end = b"\r\n\r\n" + body
     proc = spawn_in_cgroup([sys.executable, "-c", CLIENT, json.dumps(targets), str(n),
-                            end.decode(), str(pace_us)], cg, stdout=subprocess.PIPE, stdin=subprocess.PIPE)
-    fds: list[int] = []
-    try:
+                            end.decode(), str(pace_us)], cg,
+                           stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+    with borrowed_fds(proc) as fds:
         assert proc.stdout is not None and proc.stdin is not None
         theirs = json.loads(proc.stdout.readline())
         fds.extend(getfd(proc.pid, f) for f in theirs)
@@ -106,12 +106,6 @@ def one_rep(cg: Path, relay: BareRelay, nport: int, body: bytes, n: int,
         proc.stdin.write(b"\n")
         proc.stdin.flush()
         out, _ = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        for fd in fds:
-            os.close(fd)
     if proc.returncode != 0:
         raise RuntimeError(f"client failed ({proc.returncode})")
     return json.loads(out.splitlines()[-1])

@@ -17,12 +17,14 @@ so headers that proxies add do not matter.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as C
 import json
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from integration.bench.load import Spawn
@@ -104,8 +106,7 @@ def run(spawn: Spawn, targets: dict[str, tuple[str, int]], body: bytes, *, reque
            pace_ms / 1000, REQUEST, (b"\r\n\r\n" + body).decode("latin-1")]
     proc = spawn([sys.executable, "-c", CLIENT, json.dumps(arg)],
                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    fds: list[int] = []
-    try:
+    with borrowed_fds(proc) as fds:
         assert proc.stdout is not None and proc.stdin is not None
         line = proc.stdout.readline()
         if not line:
@@ -117,18 +118,27 @@ def run(spawn: Spawn, targets: dict[str, tuple[str, int]], body: bytes, *, reque
         proc.stdin.write(b"\n")
         proc.stdin.flush()
         out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        for fd in fds:
-            os.close(fd)
     if proc.returncode != 0:
         why = err.decode(errors="replace").strip().splitlines() or ["no message"]
         raise RuntimeError(f"the paired latency client failed ({proc.returncode}): {why[-1]}")
     paths = json.loads(out.splitlines()[-1])
     return {k: {**p, "errors": 0, "connections": 1}
             for k, p in zip(names, paths, strict=True)}
+
+
+@contextlib.contextmanager
+def borrowed_fds(proc: subprocess.Popen[bytes]) -> Iterator[list[int]]:
+    """A list for descriptors copied from ``proc`` (getfd); on the way out the process is
+    killed if it still runs and the copies are closed."""
+    fds: list[int] = []
+    try:
+        yield fds
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for fd in fds:
+            os.close(fd)
 
 
 def getfd(pid: int, fd: int) -> int:
