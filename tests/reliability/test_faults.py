@@ -469,8 +469,13 @@ def test_cluster_over_the_kernel_host_limit_goes_to_slow_path(tmp: Path) -> None
     assert not errors(records), errors(records)[:3]
     assert details and limit_hits > 0 and limit_hits + sticky >= sum(details.values())
     assert all(name.startswith("big-") for name in details)
-    # RANDOM over 260 endpoints: nearly every request on another one
-    assert sum(details.values()) >= 10 and len(details) >= 0.7 * sum(details.values())
+    # RANDOM over the n endpoints: k requests reach n * (1 - (1 - 1/n)^k) distinct ones on
+    # average, with a standard deviation of about 5 for k from 200 to 400 (0.85 of it leaves
+    # over 4 of them); picks stuck on a few endpoints reach far fewer.  (A fixed 0.7 * k
+    # failed once the agent got faster: 213 requests reach 146 distinct endpoints on average.)
+    k = sum(details.values())
+    expected = n * (1 - (1 - 1 / n) ** k)
+    assert k >= 10 and len(details) >= 0.85 * expected, (len(details), expected)
 
 
 def test_client_state_evicted_from_full_map_goes_to_slow_path(tmp: Path) -> None:
